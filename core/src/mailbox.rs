@@ -1,0 +1,230 @@
+//! The bounded buffer between a transport and one subscription.
+//!
+//! Delivering never blocks the publisher: when the buffer is full the event is
+//! dropped, counted, and the subscriber receives [`Incoming::Lagged`] at the point
+//! where the gap is, so nothing is lost silently and memory stays bounded.
+
+use crate::envelope::Envelope;
+use crate::stats::Stats;
+use futures::Stream;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+/// What a subscription yields.
+// Boxing the message would cost an allocation per event to shrink the rare `Lagged`.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    /// A matching event.
+    Message(Envelope),
+    /// This many events were dropped here because the subscriber fell behind.
+    Lagged(u64),
+}
+
+struct State {
+    queue: VecDeque<Incoming>,
+    messages: usize,
+    waker: Option<Waker>,
+    senders: usize,
+    receiver_alive: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    capacity: usize,
+    stats: Arc<Stats>,
+}
+
+/// Creates a mailbox holding at most `capacity` events (at least 1).
+pub fn mailbox(capacity: usize, stats: Arc<Stats>) -> (MailboxSender, MailboxReceiver) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            queue: VecDeque::with_capacity(capacity.clamp(1, 1024)),
+            messages: 0,
+            waker: None,
+            senders: 1,
+            receiver_alive: true,
+        }),
+        capacity: capacity.max(1),
+        stats,
+    });
+    (
+        MailboxSender {
+            shared: shared.clone(),
+        },
+        MailboxReceiver { shared },
+    )
+}
+
+/// The transport's end of a mailbox. Cloneable; the stream ends when every sender is dropped.
+pub struct MailboxSender {
+    shared: Arc<Shared>,
+}
+
+/// What happened to a delivered event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// Queued for the subscriber.
+    Queued,
+    /// The buffer was full; the event was counted as lagged.
+    Dropped,
+    /// The subscriber is gone; the transport may forget this mailbox.
+    Closed,
+}
+
+impl MailboxSender {
+    /// Queues `envelope` without waiting.
+    pub fn deliver(&self, envelope: Envelope) -> Delivered {
+        let shared = &*self.shared;
+        let waker;
+        {
+            let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            if !state.receiver_alive {
+                return Delivered::Closed;
+            }
+            if state.messages >= shared.capacity {
+                match state.queue.back_mut() {
+                    Some(Incoming::Lagged(n)) => *n += 1,
+                    _ => state.queue.push_back(Incoming::Lagged(1)),
+                }
+                drop(state);
+                Stats::incr(&shared.stats.lagged);
+                return Delivered::Dropped;
+            }
+            state.queue.push_back(Incoming::Message(envelope));
+            state.messages += 1;
+            waker = state.waker.take();
+        }
+        Stats::incr(&shared.stats.delivered);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Delivered::Queued
+    }
+
+    /// True once the subscriber has dropped its end.
+    pub fn is_closed(&self) -> bool {
+        !self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).receiver_alive
+    }
+}
+
+impl Clone for MailboxSender {
+    fn clone(&self) -> Self {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).senders += 1;
+        MailboxSender {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for MailboxSender {
+    fn drop(&mut self) {
+        let waker = {
+            let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.senders -= 1;
+            if state.senders > 0 {
+                return;
+            }
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// The subscriber's end of a mailbox: a stream of [`Incoming`].
+pub struct MailboxReceiver {
+    shared: Arc<Shared>,
+}
+
+impl Stream for MailboxReceiver {
+    type Item = Incoming;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        match state.queue.pop_front() {
+            Some(item) => {
+                if matches!(item, Incoming::Message(_)) {
+                    state.messages -= 1;
+                }
+                Poll::Ready(Some(item))
+            }
+            None if state.senders == 0 => Poll::Ready(None),
+            None => {
+                if !state.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    state.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for MailboxReceiver {
+    fn drop(&mut self) {
+        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.receiver_alive = false;
+        state.queue.clear();
+    }
+}
+
+impl MailboxReceiver {
+    /// Events waiting in the buffer.
+    pub fn len(&self) -> usize {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).messages
+    }
+
+    /// True when no event is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::ContentType;
+    use crate::envelope::Kind;
+    use crate::name::Name;
+    use futures::StreamExt;
+
+    fn event(n: u8) -> Envelope {
+        Envelope::new(Kind::Event, Name::new("t").unwrap(), ContentType::JSON, vec![n].into())
+    }
+
+    fn payload(item: Incoming) -> Option<u8> {
+        match item {
+            Incoming::Message(e) => Some(e.payload[0]),
+            Incoming::Lagged(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn overflow_is_reported_where_the_gap_is() {
+        let stats = Arc::new(Stats::default());
+        let (tx, mut rx) = mailbox(2, stats.clone());
+        assert_eq!(tx.deliver(event(1)), Delivered::Queued);
+        assert_eq!(tx.deliver(event(2)), Delivered::Queued);
+        assert_eq!(tx.deliver(event(3)), Delivered::Dropped);
+        assert_eq!(tx.deliver(event(4)), Delivered::Dropped);
+        assert_eq!(payload(rx.next().await.unwrap()), Some(1));
+        assert_eq!(tx.deliver(event(5)), Delivered::Queued);
+        assert_eq!(payload(rx.next().await.unwrap()), Some(2));
+        assert!(matches!(rx.next().await.unwrap(), Incoming::Lagged(2)));
+        assert_eq!(payload(rx.next().await.unwrap()), Some(5));
+        assert_eq!(stats.snapshot().lagged, 2);
+        drop(tx);
+        assert!(rx.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn dropped_receiver_closes_the_sender() {
+        let (tx, rx) = mailbox(2, Arc::default());
+        drop(rx);
+        assert_eq!(tx.deliver(event(1)), Delivered::Closed);
+        assert!(tx.is_closed());
+    }
+}

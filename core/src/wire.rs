@@ -1,0 +1,344 @@
+//! The binary form of an [`Envelope`], shared by every network transport.
+//!
+//! Layout (all integers big-endian), documented for other languages in `docs/wire.md`:
+//!
+//! ```text
+//! magic u8 = 0xBB | version u8 = 1 | kind u8 | flags u8
+//! id [16] | timestamp_ms u64
+//! [deadline_ms u64]        if flags & 1
+//! [correlation_id [16]]    if flags & 2
+//! subject   str16
+//! [reply_to str16]         if flags & 4
+//! content_type str8
+//! header_count u16, then header_count × (key str16, value str16)
+//! payload   u32 length + bytes
+//! signature u16 length + bytes   (last; empty when unsigned)
+//! ```
+//! `str8`/`str16` are a u8/u16 byte length followed by that many bytes of UTF-8.
+
+use crate::codec::ContentType;
+use crate::envelope::{Envelope, Kind, MessageId};
+use crate::error::{Error, Result};
+use crate::name::Name;
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// First byte of every encoded envelope.
+pub const MAGIC: u8 = 0xBB;
+/// The wire format version written and accepted.
+pub const VERSION: u8 = 1;
+/// Default upper bound on an encoded envelope, in bytes (16 MiB).
+pub const DEFAULT_MAX_ENVELOPE: usize = 16 * 1024 * 1024;
+/// Most headers an envelope may carry.
+pub const MAX_HEADERS: usize = 256;
+
+const HAS_DEADLINE: u8 = 1;
+const HAS_CORRELATION: u8 = 2;
+const HAS_REPLY_TO: u8 = 4;
+
+/// Encodes `envelope`, refusing fields too long for their length prefix.
+pub fn encode(envelope: &Envelope) -> Result<Bytes> {
+    let mut out = BytesMut::with_capacity(encoded_len_hint(envelope));
+    encode_into(envelope, &mut out)?;
+    Ok(out.freeze())
+}
+
+/// Encodes `envelope` without its signature: the bytes a signature covers.
+pub fn encode_unsigned(envelope: &Envelope) -> Result<Bytes> {
+    let mut out = BytesMut::with_capacity(encoded_len_hint(envelope));
+    encode_body(envelope, &mut out)?;
+    Ok(out.freeze())
+}
+
+fn encoded_len_hint(envelope: &Envelope) -> usize {
+    64 + envelope.subject.len()
+        + envelope.payload.len()
+        + envelope.signature.len()
+        + envelope.headers.iter().map(|(k, v)| 4 + k.len() + v.len()).sum::<usize>()
+}
+
+/// Appends the encoding of `envelope` to `out`.
+pub fn encode_into(envelope: &Envelope, out: &mut BytesMut) -> Result<()> {
+    encode_body(envelope, out)?;
+    let signature_len = u16::try_from(envelope.signature.len())
+        .map_err(|_| Error::Malformed("signature longer than 65535 bytes".into()))?;
+    out.put_u16(signature_len);
+    out.put_slice(&envelope.signature);
+    Ok(())
+}
+
+fn encode_body(e: &Envelope, out: &mut BytesMut) -> Result<()> {
+    let mut flags = 0;
+    if e.deadline_ms.is_some() {
+        flags |= HAS_DEADLINE;
+    }
+    if e.correlation_id.is_some() {
+        flags |= HAS_CORRELATION;
+    }
+    if e.reply_to.is_some() {
+        flags |= HAS_REPLY_TO;
+    }
+    out.put_u8(MAGIC);
+    out.put_u8(VERSION);
+    out.put_u8(e.kind as u8);
+    out.put_u8(flags);
+    out.put_u128(e.id.0);
+    out.put_u64(e.timestamp_ms);
+    if let Some(deadline) = e.deadline_ms {
+        out.put_u64(deadline);
+    }
+    if let Some(correlation) = e.correlation_id {
+        out.put_u128(correlation.0);
+    }
+    put_str16(out, e.subject.as_str(), "subject")?;
+    if let Some(reply_to) = &e.reply_to {
+        put_str16(out, reply_to, "reply_to")?;
+    }
+    let content_type = e.content_type.as_str();
+    let len = u8::try_from(content_type.len())
+        .map_err(|_| Error::Malformed("content type longer than 255 bytes".into()))?;
+    out.put_u8(len);
+    out.put_slice(content_type.as_bytes());
+    if e.headers.len() > MAX_HEADERS {
+        return Err(Error::Malformed(format!(
+            "{} headers exceed the limit of {MAX_HEADERS}",
+            e.headers.len()
+        )));
+    }
+    out.put_u16(e.headers.len() as u16);
+    for (key, value) in &e.headers {
+        put_str16(out, key, "header key")?;
+        put_str16(out, value, "header value")?;
+    }
+    let payload_len = u32::try_from(e.payload.len())
+        .map_err(|_| Error::Malformed("payload longer than 4 GiB".into()))?;
+    out.put_u32(payload_len);
+    out.put_slice(&e.payload);
+    Ok(())
+}
+
+fn put_str16(out: &mut BytesMut, text: &str, field: &str) -> Result<()> {
+    let len = u16::try_from(text.len())
+        .map_err(|_| Error::Malformed(format!("{field} longer than 65535 bytes")))?;
+    out.put_u16(len);
+    out.put_slice(text.as_bytes());
+    Ok(())
+}
+
+/// A decoded envelope and where its signed part ends in the input.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The envelope.
+    pub envelope: Envelope,
+    /// Length of the prefix of the input covered by the signature.
+    pub signed_len: usize,
+}
+
+/// Decodes an envelope, refusing anything malformed, truncated, with trailing
+/// bytes, or larger than `max_len`. Never panics, whatever the input.
+pub fn decode(input: &Bytes, max_len: usize) -> Result<Envelope> {
+    decode_with_span(input, max_len).map(|decoded| decoded.envelope)
+}
+
+/// Like [`decode`], also telling which prefix of the input the signature covers.
+pub fn decode_with_span(input: &Bytes, max_len: usize) -> Result<Decoded> {
+    if input.len() > max_len {
+        return Err(Error::TooLarge {
+            size: input.len(),
+            limit: max_len,
+        });
+    }
+    let mut r = Reader { input, pos: 0 };
+    if r.u8()? != MAGIC {
+        return Err(malformed("not a busbar envelope (bad magic byte)"));
+    }
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(Error::Malformed(format!("unsupported wire version {version}")));
+    }
+    let kind = Kind::from_u8(r.u8()?).ok_or_else(|| malformed("unknown message kind"))?;
+    let flags = r.u8()?;
+    if flags & !(HAS_DEADLINE | HAS_CORRELATION | HAS_REPLY_TO) != 0 {
+        return Err(malformed("unknown flag bits"));
+    }
+    let id = MessageId(r.u128()?);
+    let timestamp_ms = r.u64()?;
+    let deadline_ms = if flags & HAS_DEADLINE != 0 { Some(r.u64()?) } else { None };
+    let correlation_id = if flags & HAS_CORRELATION != 0 {
+        Some(MessageId(r.u128()?))
+    } else {
+        None
+    };
+    let subject = Name::new(r.str16()?)?;
+    let reply_to = if flags & HAS_REPLY_TO != 0 {
+        Some(r.str16()?.to_owned())
+    } else {
+        None
+    };
+    let content_type_len = r.u8()? as usize;
+    let content_type = ContentType::new(r.str(content_type_len)?.to_owned());
+    let header_count = r.u16()? as usize;
+    if header_count > MAX_HEADERS {
+        return Err(Error::Malformed(format!(
+            "{header_count} headers exceed the limit of {MAX_HEADERS}"
+        )));
+    }
+    let mut headers = Vec::with_capacity(header_count);
+    for _ in 0..header_count {
+        let key = r.str16()?.to_owned();
+        let value = r.str16()?.to_owned();
+        headers.push((key, value));
+    }
+    let payload_len = r.u32()? as usize;
+    let payload = r.bytes(payload_len)?;
+    let signed_len = r.pos;
+    let signature_len = r.u16()? as usize;
+    let signature = r.bytes(signature_len)?;
+    if r.pos != input.len() {
+        return Err(malformed("trailing bytes after the envelope"));
+    }
+    Ok(Decoded {
+        envelope: Envelope {
+            id,
+            kind,
+            subject,
+            timestamp_ms,
+            deadline_ms,
+            reply_to,
+            correlation_id,
+            headers,
+            content_type,
+            payload,
+            signature,
+        },
+        signed_len,
+    })
+}
+
+fn malformed(what: &str) -> Error {
+    Error::Malformed(what.to_owned())
+}
+
+struct Reader<'a> {
+    input: &'a Bytes,
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&end| end <= self.input.len())
+            .ok_or_else(|| malformed("truncated envelope"))?;
+        let slice = &self.input[self.pos..end];
+        self.pos = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+    fn u128(&mut self) -> Result<u128> {
+        Ok(u128::from_be_bytes(self.array()?))
+    }
+
+    fn str(&mut self, len: usize) -> Result<&str> {
+        std::str::from_utf8(self.take(len)?).map_err(|_| malformed("a text field is not UTF-8"))
+    }
+
+    fn str16(&mut self) -> Result<&str> {
+        let len = self.u16()? as usize;
+        self.str(len)
+    }
+
+    fn bytes(&mut self, len: usize) -> Result<Bytes> {
+        let start = self.pos;
+        self.take(len)?;
+        Ok(self.input.slice(start..start + len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn sample() -> Envelope {
+        let mut e = Envelope::new(
+            Kind::Request,
+            Name::new("inventory.reserve").unwrap(),
+            ContentType::JSON,
+            Bytes::from_static(br#"[6,7]"#),
+        )
+        .with_timeout(Duration::from_secs(2));
+        e.reply_to = Some("_inbox.abc".into());
+        e.correlation_id = Some(MessageId(42));
+        e.headers.push(("trace".into(), "t-1".into()));
+        e.signature = Bytes::from_static(b"sig");
+        e
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        let e = sample();
+        let bytes = encode(&e).unwrap();
+        let decoded = decode_with_span(&bytes, DEFAULT_MAX_ENVELOPE).unwrap();
+        assert_eq!(decoded.envelope, e);
+        assert_eq!(&bytes[..decoded.signed_len], &encode_unsigned(&e).unwrap()[..]);
+    }
+
+    #[test]
+    fn round_trips_a_minimal_envelope() {
+        let e = Envelope::new(Kind::Event, Name::new("a").unwrap(), ContentType::JSON, Bytes::new());
+        assert_eq!(decode(&encode(&e).unwrap(), 1024).unwrap(), e);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = encode(&sample()).unwrap();
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes.slice(..len), DEFAULT_MAX_ENVELOPE).is_err(), "len {len}");
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = encode(&sample()).unwrap().to_vec();
+        bytes.push(0);
+        assert!(decode(&Bytes::from(bytes), DEFAULT_MAX_ENVELOPE).is_err());
+    }
+
+    #[test]
+    fn oversize_is_refused_before_parsing() {
+        let bytes = encode(&sample()).unwrap();
+        let err = decode(&bytes, 10).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { limit: 10, .. }));
+    }
+
+    #[test]
+    fn corrupt_bytes_never_panic() {
+        let bytes = encode(&sample()).unwrap();
+        for i in 0..bytes.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut copy = bytes.to_vec();
+                copy[i] ^= flip;
+                let _ = decode(&Bytes::from(copy), DEFAULT_MAX_ENVELOPE);
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! busbar: one API for pub/sub events, work queues and RPC.
+#![deny(missing_docs)]
+pub use busbar_core::*;
