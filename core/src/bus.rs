@@ -129,7 +129,12 @@ impl Bus {
         let payload = codec::encode(value)?;
         self.check_size(payload.len())?;
         transport
-            .publish(Envelope::new(Kind::Event, topic, ContentType::JSON, payload))
+            .publish(Envelope::new(
+                Kind::Event,
+                topic,
+                ContentType::JSON,
+                payload,
+            ))
             .await?;
         Stats::incr(&transport.stats().published);
         Ok(())
@@ -192,7 +197,10 @@ impl Bus {
         Fut: Future + Send + 'static,
         Fut::Output: Outcome,
     {
-        Ok(subscription::listen(self.subscribe_to::<T>(pattern).await?, handler))
+        Ok(subscription::listen(
+            self.subscribe_to::<T>(pattern).await?,
+            handler,
+        ))
     }
 
     // ----- queues -----
@@ -226,7 +234,10 @@ impl Bus {
     }
 
     /// A typed client for `method`.
-    pub fn stub<Args: Serialize, Ret: DeserializeOwned>(&self, method: &str) -> Result<Stub<Args, Ret>> {
+    pub fn stub<Args: Serialize, Ret: DeserializeOwned>(
+        &self,
+        method: &str,
+    ) -> Result<Stub<Args, Ret>> {
         Ok(Stub::new(self.clone(), Name::new(method)?))
     }
 

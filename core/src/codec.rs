@@ -46,7 +46,9 @@ impl fmt::Display for ContentType {
 
 /// Encodes a value as a JSON payload.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
-    serde_json::to_vec(value).map(Bytes::from).map_err(Error::codec)
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(Error::codec)
 }
 
 /// Decodes a payload of `content_type` as `T`.

@@ -61,7 +61,12 @@ fn process_prefix() -> u64 {
     *PREFIX.get_or_init(|| {
         use std::hash::{BuildHasher, Hasher};
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos());
+        hasher.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
         hasher.write_u32(std::process::id());
         hasher.finish()
     })
@@ -147,7 +152,8 @@ impl Envelope {
 
     /// True when the deadline has passed.
     pub fn is_expired(&self) -> bool {
-        self.deadline_ms.is_some_and(|deadline| now_millis() > deadline)
+        self.deadline_ms
+            .is_some_and(|deadline| now_millis() > deadline)
     }
 
     /// Time left before the deadline; `None` when there is no deadline.
@@ -158,7 +164,10 @@ impl Envelope {
 
     /// The value of the first header named `key`.
     pub fn header(&self, key: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -82,10 +82,19 @@ impl ser::Serializer for Probe {
     fn serialize_unit_struct(self, name: &'static str) -> Result<(), Found> {
         Err(Found::Name(name))
     }
-    fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<(), Found> {
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<(), Found> {
         Err(Found::Name(variant))
     }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, name: &'static str, _: &T) -> Result<(), Found> {
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        name: &'static str,
+        _: &T,
+    ) -> Result<(), Found> {
         Err(Found::Name(name))
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
@@ -106,7 +115,13 @@ impl ser::Serializer for Probe {
     fn serialize_tuple_struct(self, name: &'static str, _: usize) -> Result<Never, Found> {
         Err(Found::Name(name))
     }
-    fn serialize_tuple_variant(self, _: &'static str, _: u32, variant: &'static str, _: usize) -> Result<Never, Found> {
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<Never, Found> {
         Err(Found::Name(variant))
     }
     fn serialize_map(self, _: Option<usize>) -> Result<Never, Found> {
@@ -115,7 +130,13 @@ impl ser::Serializer for Probe {
     fn serialize_struct(self, name: &'static str, _: usize) -> Result<Never, Found> {
         Err(Found::Name(name))
     }
-    fn serialize_struct_variant(self, _: &'static str, _: u32, variant: &'static str, _: usize) -> Result<Never, Found> {
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<Never, Found> {
         Err(Found::Name(variant))
     }
 }
@@ -140,7 +161,10 @@ mod tests {
     #[test]
     fn names_variants_and_structs() {
         let sku = "a".to_string();
-        assert_eq!(serde_name(&Inventory::OutOfStock { sku }), Some("OutOfStock"));
+        assert_eq!(
+            serde_name(&Inventory::OutOfStock { sku }),
+            Some("OutOfStock")
+        );
         assert_eq!(serde_name(&Inventory::Closed), Some("Closed"));
         assert_eq!(serde_name(&Inventory::Busy(1)), Some("Busy"));
         assert_eq!(serde_name(&Denied { reason: "x".into() }), Some("Denied"));

@@ -106,13 +106,22 @@ impl MailboxSender {
 
     /// True once the subscriber has dropped its end.
     pub fn is_closed(&self) -> bool {
-        !self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).receiver_alive
+        !self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .receiver_alive
     }
 }
 
 impl Clone for MailboxSender {
     fn clone(&self) -> Self {
-        self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).senders += 1;
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .senders += 1;
         MailboxSender {
             shared: self.shared.clone(),
         }
@@ -154,7 +163,11 @@ impl Stream for MailboxReceiver {
             }
             None if state.senders == 0 => Poll::Ready(None),
             None => {
-                if !state.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                if !state
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
                     state.waker = Some(cx.waker().clone());
                 }
                 Poll::Pending
@@ -174,7 +187,11 @@ impl Drop for MailboxReceiver {
 impl MailboxReceiver {
     /// Events waiting in the buffer.
     pub fn len(&self) -> usize {
-        self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).messages
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .messages
     }
 
     /// True when no event is waiting.
@@ -192,7 +209,12 @@ mod tests {
     use futures::StreamExt;
 
     fn event(n: u8) -> Envelope {
-        Envelope::new(Kind::Event, Name::new("t").unwrap(), ContentType::JSON, vec![n].into())
+        Envelope::new(
+            Kind::Event,
+            Name::new("t").unwrap(),
+            ContentType::JSON,
+            vec![n].into(),
+        )
     }
 
     fn payload(item: Incoming) -> Option<u8> {

@@ -187,7 +187,10 @@ impl From<Name> for Pattern {
             Text::Static(s) => Arc::from(s),
             Text::Shared(s) => s,
         };
-        Pattern { text, literal: true }
+        Pattern {
+            text,
+            literal: true,
+        }
     }
 }
 
@@ -264,8 +267,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_names() {
-        for bad in ["", ".", "a.", ".a", "a..b", "a b", "a.*", "a.>", "a\n", "a*b"] {
-            assert!(matches!(Name::new(bad), Err(Error::InvalidName { .. })), "{bad:?}");
+        for bad in [
+            "", ".", "a.", ".a", "a..b", "a b", "a.*", "a.>", "a\n", "a*b",
+        ] {
+            assert!(
+                matches!(Name::new(bad), Err(Error::InvalidName { .. })),
+                "{bad:?}"
+            );
         }
         assert!(Name::new(&"a".repeat(MAX_NAME_LEN + 1)).is_err());
     }
@@ -310,7 +318,10 @@ mod tests {
 
     #[test]
     fn literal_prefix_stops_at_the_first_wildcard() {
-        assert_eq!(Pattern::new("orders.eu.*").unwrap().literal_prefix(), "orders.eu.");
+        assert_eq!(
+            Pattern::new("orders.eu.*").unwrap().literal_prefix(),
+            "orders.eu."
+        );
         assert_eq!(Pattern::new("*.x").unwrap().literal_prefix(), "");
         assert_eq!(Pattern::new("a.>").unwrap().literal_prefix(), "a.");
     }

@@ -60,7 +60,9 @@ impl PendingCalls {
         self.lock().clear();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, mpsc::UnboundedSender<Envelope>>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<MessageId, mpsc::UnboundedSender<Envelope>>> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -70,7 +72,9 @@ impl PendingCall<'_> {
     pub async fn one(mut self, timeout: Duration) -> Result<Envelope> {
         match tokio::time::timeout(timeout, self.replies.recv()).await {
             Ok(Some(reply)) => Ok(reply),
-            Ok(None) => Err(Error::transport("connection lost while waiting for the reply")),
+            Ok(None) => Err(Error::transport(
+                "connection lost while waiting for the reply",
+            )),
             Err(_) => Err(Error::Timeout),
         }
     }

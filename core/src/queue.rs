@@ -77,7 +77,12 @@ impl<T: Serialize + FromEnvelope> Queue<T> {
         let transport = self.bus.transport_checked()?;
         let payload = codec::encode(item)?;
         self.bus.check_size(payload.len())?;
-        let envelope = Envelope::new(Kind::QueueItem, self.name.clone(), ContentType::JSON, payload);
+        let envelope = Envelope::new(
+            Kind::QueueItem,
+            self.name.clone(),
+            ContentType::JSON,
+            payload,
+        );
         transport.queue_put(envelope).await?;
         Stats::incr(&transport.stats().enqueued);
         Ok(())
@@ -101,10 +106,16 @@ impl<T: Serialize + FromEnvelope> Queue<T> {
     /// unacknowledged, or not acknowledged within the visibility timeout.
     pub async fn receive(&self, timeout: Duration) -> Result<Option<Delivery<T>>> {
         let transport = self.bus.transport_checked()?;
-        let Some(raw) = transport.queue_receive(&self.name, timeout, self.visibility).await? else {
+        let Some(raw) = transport
+            .queue_receive(&self.name, timeout, self.visibility)
+            .await?
+        else {
             return Ok(None);
         };
         Stats::incr(&transport.stats().dequeued);
+        if raw.attempt() > 1 {
+            Stats::incr(&transport.stats().redelivered);
+        }
         match T::from_envelope(raw.envelope().clone()) {
             Ok(value) => Ok(Some(Delivery { value, raw })),
             Err(err) => {
@@ -132,7 +143,9 @@ impl<T: Serialize + FromEnvelope> Queue<T> {
         let dead = Name::new(&format!("_dead.{}", self.name))?;
         tracing::warn!(queue = %self.name, %dead, %err, "undecodable queue item moved to the dead-letter queue");
         envelope.subject = dead;
-        envelope.headers.push(("busbar-error".into(), err.to_string()));
+        envelope
+            .headers
+            .push(("busbar-error".into(), err.to_string()));
         transport.queue_put(envelope).await
     }
 }

@@ -35,7 +35,9 @@ const KNOWN_SCHEMES: &[(&str, &str)] = &[
 
 /// The scheme of `url`: the text before `://`.
 pub(crate) fn scheme_of(url: &str) -> Option<&str> {
-    url.split_once("://").map(|(scheme, _)| scheme).filter(|s| !s.is_empty())
+    url.split_once("://")
+        .map(|(scheme, _)| scheme)
+        .filter(|s| !s.is_empty())
 }
 
 /// `url` with any password replaced, fit for errors and logs.
@@ -66,12 +68,14 @@ pub(crate) async fn connect(url: &str) -> Result<Arc<dyn EventBus>> {
             return connector.connect(url).await;
         }
     }
-    Err(invalid(match KNOWN_SCHEMES.iter().find(|(s, _)| *s == scheme) {
-        Some((_, feature)) => format!(
+    Err(invalid(
+        match KNOWN_SCHEMES.iter().find(|(s, _)| *s == scheme) {
+            Some((_, feature)) => format!(
             "the {scheme}:// transport is not compiled in; enable the `{feature}` feature of busbar"
         ),
-        None => format!("unknown scheme {scheme:?}"),
-    }))
+            None => format!("unknown scheme {scheme:?}"),
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -148,8 +148,13 @@ impl<Args: Serialize, Ret: DeserializeOwned> Stub<Args, Ret> {
     fn request(&self, args: &Args) -> Result<Envelope> {
         let payload = codec::encode(args)?;
         self.bus.check_size(payload.len())?;
-        Ok(Envelope::new(Kind::Request, self.method.clone(), ContentType::JSON, payload)
-            .with_timeout(self.timeout))
+        Ok(Envelope::new(
+            Kind::Request,
+            self.method.clone(),
+            ContentType::JSON,
+            payload,
+        )
+        .with_timeout(self.timeout))
     }
 }
 

@@ -46,9 +46,11 @@ impl<T: FromEnvelope> Stream for Subscription<T> {
         Poll::Ready(match futures::ready!(self.raw.poll_next_unpin(cx)) {
             None => None,
             Some(Incoming::Lagged(missed)) => Some(Err(Error::Lagged { missed })),
-            Some(Incoming::Message(envelope)) => Some(T::from_envelope(envelope).inspect_err(|_| {
-                Stats::incr(&self.stats.decode_errors);
-            })),
+            Some(Incoming::Message(envelope)) => {
+                Some(T::from_envelope(envelope).inspect_err(|_| {
+                    Stats::incr(&self.stats.decode_errors);
+                }))
+            }
         })
     }
 }

@@ -226,7 +226,11 @@ pub trait EventBus: Send + Sync + 'static {
     async fn publish(&self, event: Envelope) -> Result<()>;
 
     /// Subscribes to `pattern`; the subscription is live end to end on return.
-    async fn subscribe(&self, pattern: &Pattern, options: SubscribeOptions) -> Result<RawSubscription>;
+    async fn subscribe(
+        &self,
+        pattern: &Pattern,
+        options: SubscribeOptions,
+    ) -> Result<RawSubscription>;
 
     /// Appends an item to the queue named by its subject.
     async fn queue_put(&self, item: Envelope) -> Result<()>;

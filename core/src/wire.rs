@@ -53,7 +53,11 @@ fn encoded_len_hint(envelope: &Envelope) -> usize {
     64 + envelope.subject.len()
         + envelope.payload.len()
         + envelope.signature.len()
-        + envelope.headers.iter().map(|(k, v)| 4 + k.len() + v.len()).sum::<usize>()
+        + envelope
+            .headers
+            .iter()
+            .map(|(k, v)| 4 + k.len() + v.len())
+            .sum::<usize>()
 }
 
 /// Appends the encoding of `envelope` to `out`.
@@ -153,7 +157,9 @@ pub fn decode_with_span(input: &Bytes, max_len: usize) -> Result<Decoded> {
     }
     let version = r.u8()?;
     if version != VERSION {
-        return Err(Error::Malformed(format!("unsupported wire version {version}")));
+        return Err(Error::Malformed(format!(
+            "unsupported wire version {version}"
+        )));
     }
     let kind = Kind::from_u8(r.u8()?).ok_or_else(|| malformed("unknown message kind"))?;
     let flags = r.u8()?;
@@ -162,7 +168,11 @@ pub fn decode_with_span(input: &Bytes, max_len: usize) -> Result<Decoded> {
     }
     let id = MessageId(r.u128()?);
     let timestamp_ms = r.u64()?;
-    let deadline_ms = if flags & HAS_DEADLINE != 0 { Some(r.u64()?) } else { None };
+    let deadline_ms = if flags & HAS_DEADLINE != 0 {
+        Some(r.u64()?)
+    } else {
+        None
+    };
     let correlation_id = if flags & HAS_CORRELATION != 0 {
         Some(MessageId(r.u128()?))
     } else {
@@ -299,12 +309,20 @@ mod tests {
         let bytes = encode(&e).unwrap();
         let decoded = decode_with_span(&bytes, DEFAULT_MAX_ENVELOPE).unwrap();
         assert_eq!(decoded.envelope, e);
-        assert_eq!(&bytes[..decoded.signed_len], &encode_unsigned(&e).unwrap()[..]);
+        assert_eq!(
+            &bytes[..decoded.signed_len],
+            &encode_unsigned(&e).unwrap()[..]
+        );
     }
 
     #[test]
     fn round_trips_a_minimal_envelope() {
-        let e = Envelope::new(Kind::Event, Name::new("a").unwrap(), ContentType::JSON, Bytes::new());
+        let e = Envelope::new(
+            Kind::Event,
+            Name::new("a").unwrap(),
+            ContentType::JSON,
+            Bytes::new(),
+        );
         assert_eq!(decode(&encode(&e).unwrap(), 1024).unwrap(), e);
     }
 
@@ -312,7 +330,10 @@ mod tests {
     fn every_truncation_is_an_error() {
         let bytes = encode(&sample()).unwrap();
         for len in 0..bytes.len() {
-            assert!(decode(&bytes.slice(..len), DEFAULT_MAX_ENVELOPE).is_err(), "len {len}");
+            assert!(
+                decode(&bytes.slice(..len), DEFAULT_MAX_ENVELOPE).is_err(),
+                "len {len}"
+            );
         }
     }
 
