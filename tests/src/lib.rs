@@ -12,15 +12,41 @@
 //! unique to the test, so tests never see each other's traffic. A capability the
 //! transport does not declare is checked to answer `Error::Unsupported`; nothing
 //! is skipped silently.
+//!
+//! The rules live in one module per concern, each test a `pub async fn` taking a
+//! [`Harness`] whose doc states the rule it checks:
+//! [`pubsub`], [`queue`], [`rpc`], [`lifecycle`] and [`names`].
+//!
+//! Waits are bounded ([`within`], [`within_long`]) and never sleep: a test waits
+//! for the event itself. To show that something does *not* arrive, a test
+//! publishes a later sentinel and checks that nothing else came before it, which
+//! per-publisher order makes sound.
 
-use busbar_core::Bus;
+use busbar_core::{Bus, Error, Result};
 use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
+use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod lifecycle;
+pub mod names;
+pub mod pubsub;
+pub mod queue;
+pub mod rpc;
+
+pub use lifecycle::*;
+pub use names::*;
+pub use pubsub::*;
+pub use queue::*;
+pub use rpc::*;
+
 /// How long any single wait in the suite may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The bound for the few bulk tests (10,000 events or items) on a loaded machine.
+pub const LONG_WAIT: Duration = Duration::from_secs(60);
 
 type Connect = Arc<dyn Fn() -> BoxFuture<'static, Bus> + Send + Sync>;
 
@@ -49,20 +75,85 @@ impl Harness {
 
     /// Opens a new bus on the backend (a separate connection, as another process would).
     pub async fn bus(&self) -> Bus {
-        (self.connect)().await
+        within("connecting a bus", (self.connect)()).await
     }
 
     /// A name unique to this test: `<prefix>.<suffix>`.
     pub fn name(&self, suffix: &str) -> String {
         format!("{}.{suffix}", self.prefix)
     }
+
+    /// The prefix every [`name`](Harness::name) of this test starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
 }
 
 /// Waits for `future` at most [`WAIT`], failing the test with `what` if it takes longer.
 pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(WAIT, future).await {
+    bounded(what, WAIT, future).await
+}
+
+/// Waits for `future` at most [`LONG_WAIT`], for bulk tests.
+pub async fn within_long<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    bounded(what, LONG_WAIT, future).await
+}
+
+async fn bounded<T>(
+    what: &str,
+    limit: Duration,
+    future: impl std::future::Future<Output = T>,
+) -> T {
+    match tokio::time::timeout(limit, future).await {
         Ok(value) => value,
-        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// The next item of `stream`, which must be `Ok`, within [`WAIT`].
+pub async fn next_ok<T, S>(what: &str, stream: &mut S) -> T
+where
+    S: Stream<Item = Result<T>> + Unpin,
+{
+    match within(what, stream.next()).await {
+        Some(Ok(value)) => value,
+        Some(Err(err)) => panic!("{what}: expected a value, got the error {err:?}"),
+        None => panic!("{what}: the stream ended"),
+    }
+}
+
+/// Asserts that `result` is [`Error::Unsupported`]: how a transport declines a capability.
+pub fn assert_unsupported<T>(what: &str, result: Result<T>) {
+    match result {
+        Err(Error::Unsupported { .. }) => {}
+        Err(err) => panic!("{what}: a missing capability must answer Unsupported, got {err:?}"),
+        Ok(_) => panic!("{what}: a missing capability must answer Unsupported, got Ok"),
+    }
+}
+
+/// Asserts that `result` is [`Error::Closed`].
+pub fn assert_closed<T>(what: &str, result: Result<T>) {
+    match result {
+        Err(Error::Closed) => {}
+        Err(err) => panic!("{what} after shutdown: expected Closed, got {err:?}"),
+        Ok(_) => panic!("{what} after shutdown: expected Closed, got Ok"),
+    }
+}
+
+/// Asserts that `result` is [`Error::InvalidName`].
+pub fn assert_invalid_name<T>(what: &str, result: Result<T>) {
+    match result {
+        Err(Error::InvalidName { .. }) => {}
+        Err(err) => panic!("{what}: expected InvalidName, got {err:?}"),
+        Ok(_) => panic!("{what}: expected InvalidName, got Ok"),
+    }
+}
+
+/// Asserts that `result` is `Ok`, naming the step that failed otherwise.
+pub fn ok<T, E: Debug>(what: &str, result: std::result::Result<T, E>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(err) => panic!("{what}: {err:?}"),
     }
 }
 
@@ -71,7 +162,80 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
 macro_rules! suite {
     ($connect:expr) => {
         $crate::__suite_tests!($connect;
+            // pub/sub
             smoke_publish_subscribe,
+            fan_out_to_every_subscriber,
+            publisher_receives_its_own_events,
+            topics_are_isolated,
+            star_matches_exactly_one_segment,
+            star_matches_a_middle_segment,
+            gt_matches_one_or_more_trailing_segments,
+            overlapping_subscriptions_on_one_bus_each_deliver_once,
+            literal_and_gt_subscriptions_each_deliver_once,
+            live_on_return_across_buses,
+            pattern_subscription_live_on_return,
+            order_per_publisher_10k,
+            order_per_publisher_with_two_publishers,
+            drop_unsubscribes,
+            dropped_listener_stops_handling,
+            slow_subscriber_is_told_what_it_missed,
+            undecodable_event_is_reported_and_stream_continues,
+            undecodable_event_does_not_stop_a_handler,
+            raw_messages_carry_topic_and_payload,
+            typed_event_publish_subscribe,
+            typed_event_handler_on,
+            pubsub_stats_move,
+            // queues
+            queue_fifo_from_one_producer,
+            queue_fifo_per_producer_with_two_producers,
+            queue_put_before_any_consumer,
+            queue_items_survive_the_producer_bus,
+            queues_are_isolated_by_name,
+            blocked_get_wakes_on_put,
+            competing_consumers_get_each_item_once,
+            get_timeout_returns_none_on_time,
+            timed_out_get_never_swallows_an_item,
+            len_counts_waiting_items,
+            len_excludes_in_flight_items,
+            ack_removes_the_item,
+            nack_redelivers_with_attempt_two,
+            dropped_delivery_comes_back,
+            unacked_item_comes_back_after_visibility_timeout,
+            undecodable_queue_item_goes_to_dead_letter_on_get,
+            undecodable_queue_item_goes_to_dead_letter_on_receive,
+            queue_stats_move,
+            // RPC
+            rpc_single_call,
+            call_is_answered_by_exactly_one_provider,
+            call_all_gathers_every_provider_promptly,
+            call_all_reports_a_timeout_for_a_slow_provider,
+            no_responders_promptly,
+            slow_handler_times_out_at_deadline,
+            remote_error_keeps_kind_and_message,
+            handler_panic_is_remote_and_provider_keeps_serving,
+            slow_request_times_out_and_provider_keeps_serving,
+            expired_request_is_never_handled,
+            concurrent_calls_never_cross,
+            dropped_provider_gives_no_responders,
+            wrong_argument_type_is_bad_request,
+            wrong_return_type_is_codec_error,
+            rpc_stats_move,
+            // names
+            invalid_topics_are_rejected_before_sending,
+            invalid_patterns_are_rejected,
+            invalid_queue_names_are_rejected,
+            invalid_method_names_are_rejected,
+            invalid_event_topic_is_rejected,
+            unusual_valid_names_are_taken_literally,
+            longest_name_is_accepted,
+            // lifecycle
+            shutdown_makes_every_call_closed,
+            shutdown_leaves_other_buses_working,
+            shutdown_ends_subscriptions,
+            shutdown_lets_in_flight_handler_finish,
+            shutdown_provider_bus_gives_no_responders,
+            unacked_item_of_a_shut_consumer_is_redelivered,
+            unknown_scheme_is_invalid_url,
         );
     };
 }
@@ -87,15 +251,4 @@ macro_rules! __suite_tests {
             }
         )*
     };
-}
-
-/// A subscriber receives an event published after `subscribe` returned.
-pub async fn smoke_publish_subscribe(h: Harness) {
-    use futures::StreamExt;
-    let bus = h.bus().await;
-    let topic = h.name("smoke");
-    let mut sub = bus.subscribe_to::<String>(&topic).await.unwrap();
-    bus.publish_to(&topic, "hello").await.unwrap();
-    let got = within("the event", sub.next()).await.unwrap().unwrap();
-    assert_eq!(got, "hello");
 }

@@ -1,0 +1,584 @@
+//! Work queues: FIFO, persistence until consumed, competing consumers, `get`
+//! timeouts, `len`, acknowledged receive and dead letters.
+
+use crate::pubsub::Point;
+use crate::{assert_unsupported, ok, within, within_long, Harness, WAIT};
+use busbar_core::{Bus, Error, Name, Queue};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A short wait for a `get` that is expected to find an item already there.
+const SHORT: Duration = Duration::from_millis(200);
+
+/// The queue `name` on `bus`; `None` (after checking that every queue operation
+/// answers `Unsupported`) when the transport declares no queues.
+async fn queue_on<T>(bus: &Bus, name: &str) -> Option<Queue<T>>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    let queue = ok("queue", bus.queue::<T>(name));
+    if bus.capabilities().queues {
+        return Some(queue);
+    }
+    assert_unsupported("queue len", queue.len().await);
+    assert_unsupported("queue get", queue.get(SHORT).await);
+    let probe = ok("queue", bus.queue::<u32>(name));
+    assert_unsupported("queue put", probe.put(&1).await);
+    None
+}
+
+/// Like [`queue_on`], and also `None` (after checking `receive` answers
+/// `Unsupported`) when the transport declares no acknowledged receive.
+async fn acked_queue_on<T>(bus: &Bus, name: &str) -> Option<Queue<T>>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    let queue = queue_on::<T>(bus, name).await?;
+    if bus.capabilities().acks {
+        return Some(queue);
+    }
+    assert_unsupported("queue receive", queue.receive(SHORT).await);
+    None
+}
+
+/// Takes the next item, which must come within [`WAIT`].
+async fn take<T>(what: &str, queue: &Queue<T>) -> T
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    match within(what, queue.get(WAIT)).await {
+        Ok(Some(item)) => item,
+        Ok(None) => panic!("{what}: no item within {WAIT:?}"),
+        Err(err) => panic!("{what}: {err:?}"),
+    }
+}
+
+/// FIFO: 1,000 items from one producer come out in the order they were put.
+pub async fn queue_fifo_from_one_producer(h: Harness) {
+    let name = h.name("fifo");
+    let producer = h.bus().await;
+    let consumer = h.bus().await;
+    let Some(q) = queue_on::<u32>(&producer, &name).await else {
+        return;
+    };
+    let c = ok("queue", consumer.queue::<u32>(&name));
+    for n in 0..1_000u32 {
+        ok("put", q.put(&n).await);
+    }
+    within_long("1,000 items", async {
+        for want in 0..1_000u32 {
+            assert_eq!(
+                take("an item", &c).await,
+                want,
+                "items must come out in the order put"
+            );
+        }
+    })
+    .await;
+    assert_eq!(
+        ok("len", c.get(Duration::ZERO).await),
+        None,
+        "the queue must be empty"
+    );
+}
+
+/// FIFO per producer: with two producers putting at once, each producer's items
+/// come out in its own order.
+pub async fn queue_fifo_per_producer_with_two_producers(h: Harness) {
+    const N: u32 = 500;
+    let name = h.name("fifo2");
+    let consumer = h.bus().await;
+    let Some(c) = queue_on::<(u32, u32)>(&consumer, &name).await else {
+        return;
+    };
+    let mut tasks = Vec::new();
+    for p in 0..2u32 {
+        let q = ok("queue", h.bus().await.queue::<(u32, u32)>(&name));
+        tasks.push(tokio::spawn(async move {
+            for n in 0..N {
+                ok("put", q.put(&(p, n)).await);
+            }
+        }));
+    }
+    let mut next = [0u32; 2];
+    within_long("both producers' items", async {
+        while next != [N, N] {
+            let (p, n) = take("an item", &c).await;
+            assert_eq!(
+                n, next[p as usize],
+                "producer {p}'s items must come out in order"
+            );
+            next[p as usize] += 1;
+        }
+    })
+    .await;
+    for task in tasks {
+        ok("producer", task.await);
+    }
+}
+
+/// `put` stores items while no consumer exists; a consumer on a bus opened later
+/// gets them.
+pub async fn queue_put_before_any_consumer(h: Harness) {
+    let name = h.name("early");
+    let producer = h.bus().await;
+    let Some(q) = queue_on::<String>(&producer, &name).await else {
+        return;
+    };
+    for item in ["a", "b", "c"] {
+        ok("put", q.put(&item.to_owned()).await);
+    }
+    let consumer = h.bus().await;
+    let c = ok("queue", consumer.queue::<String>(&name));
+    assert_eq!(
+        ok("len", c.len().await),
+        3,
+        "all three items must wait for a consumer"
+    );
+    for want in ["a", "b", "c"] {
+        assert_eq!(take("an early item", &c).await, want);
+    }
+}
+
+/// Items stay in the queue after the bus that put them shuts down.
+pub async fn queue_items_survive_the_producer_bus(h: Harness) {
+    let name = h.name("survive");
+    let consumer = h.bus().await;
+    let producer = h.bus().await;
+    let Some(q) = queue_on::<u32>(&producer, &name).await else {
+        return;
+    };
+    ok("put", q.put(&42).await);
+    ok("shutdown", producer.shutdown().await);
+    let c = ok("queue", consumer.queue::<u32>(&name));
+    assert_eq!(take("the item of a shut producer", &c).await, 42);
+}
+
+/// Queues are isolated by name: items of one never come out of another.
+pub async fn queues_are_isolated_by_name(h: Harness) {
+    let bus = h.bus().await;
+    let Some(a) = queue_on::<String>(&bus, &h.name("qa")).await else {
+        return;
+    };
+    let b = ok("queue", bus.queue::<String>(&h.name("qa.b")));
+    let c = ok("queue", bus.queue::<String>(&h.name("qab")));
+    ok("put", a.put(&"for a".to_owned()).await);
+    ok("put", b.put(&"for a.b".to_owned()).await);
+    assert_eq!(ok("len", c.len().await), 0);
+    assert_eq!(ok("get", c.get(Duration::ZERO).await), None);
+    assert_eq!(take("a's item", &a).await, "for a");
+    assert_eq!(take("b's item", &b).await, "for a.b");
+    assert_eq!(ok("get", a.get(Duration::ZERO).await), None);
+}
+
+/// A `get` waiting on an empty queue returns an item put afterwards by another
+/// bus, as soon as it is put (not at its timeout).
+pub async fn blocked_get_wakes_on_put(h: Harness) {
+    let name = h.name("wake");
+    let consumer = h.bus().await;
+    let producer = h.bus().await;
+    let Some(c) = queue_on::<u32>(&consumer, &name).await else {
+        return;
+    };
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move { c.get(Duration::from_secs(30)).await });
+    ok(
+        "put",
+        ok("queue", producer.queue::<u32>(&name)).put(&9).await,
+    );
+    let got = ok(
+        "get",
+        ok("get task", within("the waiting get", waiting).await),
+    );
+    assert_eq!(got, Some(9));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the get must wake on the put"
+    );
+}
+
+/// Competing consumers: 4 consumers on separate buses share 10,000 items put
+/// while they run; every item is taken exactly once.
+pub async fn competing_consumers_get_each_item_once(h: Harness) {
+    const N: u32 = 10_000;
+    let name = h.name("compete");
+    let producer = h.bus().await;
+    let Some(q) = queue_on::<u32>(&producer, &name).await else {
+        return;
+    };
+    let taken = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::with_capacity(N as usize)));
+    let mut consumers = Vec::new();
+    for _ in 0..4 {
+        let c = ok("queue", h.bus().await.queue::<u32>(&name));
+        let (taken, seen) = (taken.clone(), seen.clone());
+        consumers.push(tokio::spawn(async move {
+            let mut mine = 0usize;
+            while taken.load(Ordering::SeqCst) < N as usize {
+                if let Some(n) = ok("get", c.get(Duration::from_millis(100)).await) {
+                    seen.lock().unwrap().push(n);
+                    taken.fetch_add(1, Ordering::SeqCst);
+                    mine += 1;
+                }
+            }
+            mine
+        }));
+    }
+    for n in 0..N {
+        ok("put", q.put(&n).await);
+    }
+    let counts = within_long("4 consumers to take 10,000 items", async {
+        let mut counts = Vec::new();
+        for consumer in consumers {
+            counts.push(ok("consumer", consumer.await));
+        }
+        counts
+    })
+    .await;
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(
+        seen.len(),
+        N as usize,
+        "items taken (per consumer: {counts:?})"
+    );
+    let distinct: HashSet<u32> = seen.iter().copied().collect();
+    assert_eq!(distinct.len(), N as usize, "an item was taken twice");
+    assert!(distinct.iter().all(|n| *n < N));
+    assert_eq!(ok("len", q.len().await), 0);
+}
+
+/// `get(timeout)` on an empty queue returns `Ok(None)` no earlier than the
+/// timeout and not seconds late (the same for `receive`).
+pub async fn get_timeout_returns_none_on_time(h: Harness) {
+    let bus = h.bus().await;
+    let Some(q) = queue_on::<u32>(&bus, &h.name("empty")).await else {
+        return;
+    };
+    for timeout in [Duration::from_millis(300), Duration::from_millis(1200)] {
+        let started = Instant::now();
+        let got = ok("get", within("a get to time out", q.get(timeout)).await);
+        let elapsed = started.elapsed();
+        assert_eq!(got, None);
+        assert!(
+            elapsed >= timeout,
+            "get({timeout:?}) returned early, after {elapsed:?}"
+        );
+        assert!(
+            elapsed < timeout + Duration::from_secs(1),
+            "get({timeout:?}) returned late, after {elapsed:?}"
+        );
+    }
+    if bus.capabilities().acks {
+        let timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        let got = ok(
+            "receive",
+            within("a receive to time out", q.receive(timeout)).await,
+        );
+        let elapsed = started.elapsed();
+        assert!(got.is_none());
+        assert!(
+            elapsed >= timeout,
+            "receive({timeout:?}) returned early, after {elapsed:?}"
+        );
+        assert!(
+            elapsed < timeout + Duration::from_secs(1),
+            "receive returned late, after {elapsed:?}"
+        );
+    }
+}
+
+/// A `get` that times out never swallows an item put around that moment: 200
+/// short gets race 200 puts, and every item is taken exactly once in the end.
+pub async fn timed_out_get_never_swallows_an_item(h: Harness) {
+    const N: u32 = 200;
+    let name = h.name("race");
+    let consumer = h.bus().await;
+    let producer = h.bus().await;
+    let Some(c) = queue_on::<u32>(&consumer, &name).await else {
+        return;
+    };
+    let p = ok("queue", producer.queue::<u32>(&name));
+    let mut got = Vec::new();
+    within_long("racing gets and puts", async {
+        for n in 0..N {
+            let c = c.clone();
+            let timeout = Duration::from_millis(u64::from(n % 4));
+            let getter = tokio::spawn(async move { c.get(timeout).await });
+            ok("put", p.put(&n).await);
+            if let Some(item) = ok("get", ok("getter", getter.await)) {
+                got.push(item);
+            }
+        }
+    })
+    .await;
+    let early = got.len();
+    while got.len() < N as usize {
+        got.push(
+            take(
+                &format!("item {} of {N} (timed-out gets took {early})", got.len()),
+                &c,
+            )
+            .await,
+        );
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "every item exactly once");
+    assert_eq!(ok("len", c.len().await), 0);
+}
+
+/// `len` counts the items waiting, and goes down as they are taken.
+pub async fn len_counts_waiting_items(h: Harness) {
+    let bus = h.bus().await;
+    let Some(q) = queue_on::<u32>(&bus, &h.name("len")).await else {
+        return;
+    };
+    assert_eq!(ok("len", q.len().await), 0);
+    assert!(ok("is_empty", q.is_empty().await));
+    for n in 0..3 {
+        ok("put", q.put(&n).await);
+    }
+    let other = ok("queue", h.bus().await.queue::<u32>(&h.name("len")));
+    assert_eq!(
+        ok("len", other.len().await),
+        3,
+        "len is the same from every bus"
+    );
+    take("an item", &q).await;
+    assert_eq!(ok("len", q.len().await), 2);
+}
+
+/// `len` excludes items in flight (received, not yet acknowledged); a nack
+/// makes the item wait again.
+pub async fn len_excludes_in_flight_items(h: Harness) {
+    let bus = h.bus().await;
+    let Some(q) = acked_queue_on::<u32>(&bus, &h.name("inflight")).await else {
+        return;
+    };
+    for n in 0..3 {
+        ok("put", q.put(&n).await);
+    }
+    let delivery = ok("receive", within("receive", q.receive(WAIT)).await).expect("an item");
+    assert_eq!(
+        ok("len", q.len().await),
+        2,
+        "an in-flight item is not waiting"
+    );
+    ok("nack", delivery.nack().await);
+    assert_eq!(ok("len", q.len().await), 3, "a nacked item waits again");
+    let delivery = ok("receive", within("receive", q.receive(WAIT)).await).expect("an item");
+    ok("ack", delivery.ack().await);
+    assert_eq!(ok("len", q.len().await), 2, "an acked item is gone");
+}
+
+/// `ack` removes the item for good: it does not come back, even after the
+/// visibility timeout.
+pub async fn ack_removes_the_item(h: Harness) {
+    let name = h.name("ack");
+    let bus = h.bus().await;
+    let Some(q) = acked_queue_on::<String>(&bus, &name).await else {
+        return;
+    };
+    let q = q.visibility_timeout(Duration::from_millis(300));
+    ok("put", q.put(&"job".to_owned()).await);
+    let delivery = ok("receive", within("receive", q.receive(WAIT)).await).expect("the item");
+    assert_eq!(delivery.value(), "job");
+    assert_eq!(delivery.attempt(), 1);
+    assert!(!delivery.is_redelivery());
+    ok("ack", delivery.ack().await);
+    // Waiting well past the visibility timeout: an acked item must not return.
+    let other = ok("queue", h.bus().await.queue::<String>(&name));
+    let again = ok(
+        "receive",
+        within("receive", other.receive(Duration::from_secs(1))).await,
+    );
+    assert!(
+        again.is_none(),
+        "an acked item came back: {:?}",
+        again.map(|d| d.attempt())
+    );
+    assert_eq!(ok("len", q.len().await), 0);
+}
+
+/// `nack` puts the item back: the next receive (from another bus) gets it with
+/// `attempt() == 2`.
+pub async fn nack_redelivers_with_attempt_two(h: Harness) {
+    let name = h.name("nack");
+    let bus = h.bus().await;
+    let Some(q) = acked_queue_on::<Point>(&bus, &name).await else {
+        return;
+    };
+    ok("put", q.put(&Point { x: 1, y: 1 }).await);
+    let first = ok("receive", within("receive", q.receive(WAIT)).await).expect("the item");
+    assert_eq!(first.attempt(), 1);
+    ok("nack", first.nack().await);
+    let other = ok("queue", h.bus().await.queue::<Point>(&name));
+    let second =
+        ok("receive", within("redelivery", other.receive(WAIT)).await).expect("the redelivery");
+    assert_eq!(*second.value(), Point { x: 1, y: 1 });
+    assert_eq!(
+        second.attempt(),
+        2,
+        "a nacked item's second delivery is attempt 2"
+    );
+    assert!(second.is_redelivery());
+    ok("ack", second.ack().await);
+}
+
+/// Dropping a delivery unacknowledged puts the item back at once (well before
+/// the default 30 s visibility timeout).
+pub async fn dropped_delivery_comes_back(h: Harness) {
+    let name = h.name("dropped");
+    let bus = h.bus().await;
+    let Some(q) = acked_queue_on::<u32>(&bus, &name).await else {
+        return;
+    };
+    ok("put", q.put(&5).await);
+    let first = ok("receive", within("receive", q.receive(WAIT)).await).expect("the item");
+    drop(first);
+    let other = ok("queue", h.bus().await.queue::<u32>(&name));
+    let again = ok(
+        "receive",
+        within("the dropped item", other.receive(WAIT)).await,
+    )
+    .expect("a dropped delivery's item must come back");
+    assert_eq!(*again, 5);
+    assert_eq!(again.attempt(), 2);
+    ok("ack", again.ack().await);
+}
+
+/// An item received and neither acked nor nacked comes back after the
+/// visibility timeout (300 ms here), not before, for another consumer.
+pub async fn unacked_item_comes_back_after_visibility_timeout(h: Harness) {
+    let name = h.name("visibility");
+    let visibility = Duration::from_millis(300);
+    let bus = h.bus().await;
+    let Some(q) = acked_queue_on::<u32>(&bus, &name).await else {
+        return;
+    };
+    let q = q.visibility_timeout(visibility);
+    ok("put", q.put(&8).await);
+    let held = ok("receive", within("receive", q.receive(WAIT)).await).expect("the item");
+    let received = Instant::now();
+    let other = ok("queue", h.bus().await.queue::<u32>(&name));
+    let again = ok(
+        "receive",
+        within("the timed-out item", other.receive(WAIT)).await,
+    )
+    .expect("an unacked item must come back after the visibility timeout");
+    let elapsed = received.elapsed();
+    assert_eq!(*again, 8);
+    assert_eq!(again.attempt(), 2);
+    assert!(
+        elapsed + Duration::from_millis(50) >= visibility,
+        "the item came back after {elapsed:?}, before the visibility timeout {visibility:?}"
+    );
+    ok("ack", again.ack().await);
+    drop(held);
+}
+
+/// An item that does not decode as the queue's type makes `get` return
+/// `Err(Codec)`; it moves to `_dead.<queue>` (readable there raw, with the
+/// error in a header), and the next good item still comes out.
+pub async fn undecodable_queue_item_goes_to_dead_letter_on_get(h: Harness) {
+    let name = h.name("typed");
+    let bus = h.bus().await;
+    let Some(points) = queue_on::<Point>(&bus, &name).await else {
+        return;
+    };
+    let strings = ok("queue", h.bus().await.queue::<String>(&name));
+    ok("put", strings.put(&"not a point".to_owned()).await);
+    ok("put", points.put(&Point { x: 2, y: 3 }).await);
+    match within("the bad item", points.get(WAIT)).await {
+        Err(Error::Codec(_)) => {}
+        other => panic!("an item of the wrong type must be Err(Codec), got {other:?}"),
+    }
+    assert_eq!(take("the good item", &points).await, Point { x: 2, y: 3 });
+    check_dead_letter(&bus, &name, "not a point").await;
+}
+
+/// The same for acknowledged receive: `Err(Codec)`, the item moves to
+/// `_dead.<queue>` and is not redelivered on the queue itself.
+pub async fn undecodable_queue_item_goes_to_dead_letter_on_receive(h: Harness) {
+    let name = h.name("typed");
+    let bus = h.bus().await;
+    let Some(points) = acked_queue_on::<Point>(&bus, &name).await else {
+        return;
+    };
+    let points = points.visibility_timeout(Duration::from_millis(300));
+    let strings = ok("queue", h.bus().await.queue::<String>(&name));
+    ok("put", strings.put(&"not a point".to_owned()).await);
+    match within("the bad item", points.receive(WAIT)).await {
+        Err(Error::Codec(_)) => {}
+        other => panic!("an item of the wrong type must be Err(Codec), got {other:?}"),
+    }
+    check_dead_letter(&bus, &name, "not a point").await;
+    ok("put", points.put(&Point { x: 4, y: 5 }).await);
+    let good = ok(
+        "receive",
+        within("the good item", points.receive(WAIT)).await,
+    )
+    .expect("the good item");
+    assert_eq!(
+        *good,
+        Point { x: 4, y: 5 },
+        "the bad item must not come back after its visibility"
+    );
+    ok("ack", good.ack().await);
+}
+
+/// The dead-letter queue of `queue` holds exactly one raw item whose payload is
+/// the JSON of `text`, with the decode error in a `busbar-error` header.
+async fn check_dead_letter(bus: &Bus, queue: &str, text: &str) {
+    let dead = ok("dead-letter name", Name::new(&format!("_dead.{queue}")));
+    let raw = ok(
+        "dead-letter get",
+        within("the dead letter", bus.transport().queue_get(&dead, WAIT)).await,
+    )
+    .expect("the bad item must be in the dead-letter queue, not lost");
+    let payload: String = ok("dead-letter payload", serde_json::from_slice(&raw.payload));
+    assert_eq!(
+        payload, text,
+        "the dead letter keeps the payload as it was put"
+    );
+    assert!(
+        raw.header("busbar-error").is_some(),
+        "the dead letter must say why: headers {:?}",
+        raw.headers
+    );
+    assert_eq!(
+        ok("len", bus.transport().queue_len(&dead).await),
+        0,
+        "exactly one dead letter"
+    );
+    let original = ok("queue name", Name::new(queue));
+    assert_eq!(
+        ok("len", bus.transport().queue_len(&original).await),
+        0,
+        "the bad item left the queue"
+    );
+}
+
+/// Stats: `enqueued` counts puts on the producer's bus, `dequeued` takes on the
+/// consumer's.
+pub async fn queue_stats_move(h: Harness) {
+    let name = h.name("stats");
+    let producer = h.bus().await;
+    let consumer = h.bus().await;
+    let Some(q) = queue_on::<u32>(&producer, &name).await else {
+        return;
+    };
+    let c = ok("queue", consumer.queue::<u32>(&name));
+    let (enqueued, dequeued) = (producer.stats().enqueued, consumer.stats().dequeued);
+    for n in 0..3 {
+        ok("put", q.put(&n).await);
+    }
+    for _ in 0..3 {
+        take("an item", &c).await;
+    }
+    assert_eq!(producer.stats().enqueued - enqueued, 3);
+    assert_eq!(consumer.stats().dequeued - dequeued, 3);
+}
