@@ -9,6 +9,7 @@ use crate::stats::Stats;
 use futures::Stream;
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -25,7 +26,6 @@ pub enum Incoming {
 
 struct State {
     queue: VecDeque<Incoming>,
-    messages: usize,
     waker: Option<Waker>,
     senders: usize,
     receiver_alive: bool,
@@ -33,6 +33,9 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Events buffered on both sides (the shared queue and the receiver's batch),
+    /// so the bound holds however the receiver batches.
+    messages: AtomicUsize,
     capacity: usize,
     stats: Arc<Stats>,
 }
@@ -42,11 +45,11 @@ pub fn mailbox(capacity: usize, stats: Arc<Stats>) -> (MailboxSender, MailboxRec
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             queue: VecDeque::with_capacity(capacity.clamp(1, 1024)),
-            messages: 0,
             waker: None,
             senders: 1,
             receiver_alive: true,
         }),
+        messages: AtomicUsize::new(0),
         capacity: capacity.max(1),
         stats,
     });
@@ -54,7 +57,10 @@ pub fn mailbox(capacity: usize, stats: Arc<Stats>) -> (MailboxSender, MailboxRec
         MailboxSender {
             shared: shared.clone(),
         },
-        MailboxReceiver { shared },
+        MailboxReceiver {
+            shared,
+            batch: VecDeque::new(),
+        },
     )
 }
 
@@ -84,7 +90,7 @@ impl MailboxSender {
             if !state.receiver_alive {
                 return Delivered::Closed;
             }
-            if state.messages >= shared.capacity {
+            if shared.messages.load(Ordering::Acquire) >= shared.capacity {
                 match state.queue.back_mut() {
                     Some(Incoming::Lagged(n)) => *n += 1,
                     _ => state.queue.push_back(Incoming::Lagged(1)),
@@ -94,7 +100,7 @@ impl MailboxSender {
                 return Delivered::Dropped;
             }
             state.queue.push_back(Incoming::Message(envelope));
-            state.messages += 1;
+            shared.messages.fetch_add(1, Ordering::AcqRel);
             waker = state.waker.take();
         }
         Stats::incr(&shared.stats.delivered);
@@ -145,24 +151,25 @@ impl Drop for MailboxSender {
 }
 
 /// The subscriber's end of a mailbox: a stream of [`Incoming`].
+///
+/// It takes everything queued in one lock and yields from that batch, so a busy
+/// subscriber does not contend with its publishers once per event.
 pub struct MailboxReceiver {
     shared: Arc<Shared>,
+    batch: VecDeque<Incoming>,
 }
 
 impl Stream for MailboxReceiver {
     type Item = Incoming;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
-        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        match state.queue.pop_front() {
-            Some(item) => {
-                if matches!(item, Incoming::Message(_)) {
-                    state.messages -= 1;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+        let this = &mut *self;
+        if this.batch.is_empty() {
+            let mut state = this.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.queue.is_empty() {
+                if state.senders == 0 {
+                    return Poll::Ready(None);
                 }
-                Poll::Ready(Some(item))
-            }
-            None if state.senders == 0 => Poll::Ready(None),
-            None => {
                 if !state
                     .waker
                     .as_ref()
@@ -170,9 +177,15 @@ impl Stream for MailboxReceiver {
                 {
                     state.waker = Some(cx.waker().clone());
                 }
-                Poll::Pending
+                return Poll::Pending;
             }
+            std::mem::swap(&mut state.queue, &mut this.batch);
         }
+        let item = this.batch.pop_front();
+        if let Some(Incoming::Message(_)) = item {
+            this.shared.messages.fetch_sub(1, Ordering::AcqRel);
+        }
+        Poll::Ready(item)
     }
 }
 
@@ -185,13 +198,9 @@ impl Drop for MailboxReceiver {
 }
 
 impl MailboxReceiver {
-    /// Events waiting in the buffer.
+    /// Events waiting to be yielded.
     pub fn len(&self) -> usize {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .messages
+        self.shared.messages.load(Ordering::Acquire)
     }
 
     /// True when no event is waiting.
