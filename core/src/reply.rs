@@ -31,7 +31,7 @@ pub async fn respond(handler: &dyn Handler, request: Envelope, stats: &Stats) ->
     let outcome = AssertUnwindSafe(handler.handle(request.clone()))
         .catch_unwind()
         .await
-        .unwrap_or_else(|panic| Err(Fault::new("panic", panic_message(&panic))));
+        .unwrap_or_else(|panic| Err(Fault::new("panic", panic_message(&*panic))));
     Some(match outcome {
         Ok(payload) => request.reply(Kind::Reply, ContentType::JSON, payload),
         Err(fault) => error_reply(&request, fault),
