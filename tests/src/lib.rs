@@ -164,6 +164,7 @@ macro_rules! suite {
         $crate::__suite_tests!($connect;
             // pub/sub
             smoke_publish_subscribe,
+            publish_without_subscribers_is_ok,
             fan_out_to_every_subscriber,
             publisher_receives_its_own_events,
             topics_are_isolated,
@@ -193,6 +194,7 @@ macro_rules! suite {
             queues_are_isolated_by_name,
             blocked_get_wakes_on_put,
             competing_consumers_get_each_item_once,
+            competing_receivers_ack_each_item_once,
             get_timeout_returns_none_on_time,
             timed_out_get_never_swallows_an_item,
             len_counts_waiting_items,
@@ -203,6 +205,8 @@ macro_rules! suite {
             unacked_item_comes_back_after_visibility_timeout,
             undecodable_queue_item_goes_to_dead_letter_on_get,
             undecodable_queue_item_goes_to_dead_letter_on_receive,
+            shutdown_stops_a_blocked_consumer,
+            redelivery_is_counted,
             queue_stats_move,
             // RPC
             rpc_single_call,
@@ -210,6 +214,7 @@ macro_rules! suite {
             call_all_gathers_every_provider_promptly,
             call_all_reports_a_timeout_for_a_slow_provider,
             no_responders_promptly,
+            call_all_without_providers_is_no_responders,
             slow_handler_times_out_at_deadline,
             remote_error_keeps_kind_and_message,
             handler_panic_is_remote_and_provider_keeps_serving,

@@ -92,6 +92,25 @@ pub async fn smoke_publish_subscribe(h: Harness) {
     assert_eq!(got, "hello");
 }
 
+/// At most once: publishing with no subscriber is not an error, and the event
+/// is not kept for a later subscriber.
+pub async fn publish_without_subscribers_is_ok(h: Harness) {
+    let topic = h.name("nobody");
+    let publisher = h.bus().await;
+    ok(
+        "publish to nobody",
+        publisher.publish_to(&topic, &1u32).await,
+    );
+    let bus = h.bus().await;
+    let mut sub = ok("subscribe", bus.subscribe_to::<u32>(&topic).await);
+    ok("publish", publisher.publish_to(&topic, &2u32).await);
+    assert_eq!(
+        next_ok("the later event", &mut sub).await,
+        2,
+        "events are not stored for later subscribers"
+    );
+}
+
 /// Fan-out: every live subscription (here on three separate buses) gets each
 /// event exactly once.
 pub async fn fan_out_to_every_subscriber(h: Harness) {

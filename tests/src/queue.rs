@@ -291,10 +291,12 @@ pub async fn get_timeout_returns_none_on_time(h: Harness) {
     }
 }
 
-/// A `get` that times out never swallows an item put around that moment: 200
-/// short gets race 200 puts, and every item is taken exactly once in the end.
+/// A `get` that times out never swallows an item put around that moment: 100
+/// gets with a 20 ms timeout race puts made from 15 to 25 ms after each get
+/// started, and every item is taken exactly once in the end.
 pub async fn timed_out_get_never_swallows_an_item(h: Harness) {
-    const N: u32 = 200;
+    const N: u32 = 100;
+    let timeout = Duration::from_millis(20);
     let name = h.name("race");
     let consumer = h.bus().await;
     let producer = h.bus().await;
@@ -306,8 +308,11 @@ pub async fn timed_out_get_never_swallows_an_item(h: Harness) {
     within_long("racing gets and puts", async {
         for n in 0..N {
             let c = c.clone();
-            let timeout = Duration::from_millis(u64::from(n % 4));
+            let started = Instant::now();
             let getter = tokio::spawn(async move { c.get(timeout).await });
+            // The stimulus, not a wait: the put lands just before, at or just
+            // after the get's deadline.
+            tokio::time::sleep_until(started + Duration::from_millis(15 + u64::from(n % 11))).await;
             ok("put", p.put(&n).await);
             if let Some(item) = ok("get", ok("getter", getter.await)) {
                 got.push(item);
@@ -559,6 +564,93 @@ async fn check_dead_letter(bus: &Bus, queue: &str, text: &str) {
         ok("len", bus.transport().queue_len(&original).await),
         0,
         "the bad item left the queue"
+    );
+}
+
+/// Competing acknowledged consumers: 4 consumers on separate buses `receive`
+/// and `ack` 1,000 items; each item is handed out once (first attempt) and none
+/// is left.
+pub async fn competing_receivers_ack_each_item_once(h: Harness) {
+    const N: u32 = 1_000;
+    let name = h.name("compete.acked");
+    let producer = h.bus().await;
+    let Some(q) = acked_queue_on::<u32>(&producer, &name).await else {
+        return;
+    };
+    for n in 0..N {
+        ok("put", q.put(&n).await);
+    }
+    let taken = Arc::new(AtomicUsize::new(0));
+    let mut consumers = Vec::new();
+    for _ in 0..4 {
+        let c = ok("queue", h.bus().await.queue::<u32>(&name));
+        let taken = taken.clone();
+        consumers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while taken.load(Ordering::SeqCst) < N as usize {
+                if let Some(delivery) = ok("receive", c.receive(Duration::from_millis(100)).await) {
+                    assert_eq!(delivery.attempt(), 1, "item {} handed out twice", *delivery);
+                    mine.push(*delivery);
+                    ok("ack", delivery.ack().await);
+                    taken.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            mine
+        }));
+    }
+    let mut seen = Vec::new();
+    within_long("4 consumers to receive 1,000 items", async {
+        for consumer in consumers {
+            seen.extend(ok("consumer", consumer.await));
+        }
+    })
+    .await;
+    seen.sort_unstable();
+    assert_eq!(seen, (0..N).collect::<Vec<_>>(), "every item exactly once");
+    assert_eq!(ok("len", q.len().await), 0);
+}
+
+/// A consumer blocked in `get` when its bus shuts down stops taking work: it
+/// returns `Closed` promptly, and an item put afterwards goes to a live consumer.
+pub async fn shutdown_stops_a_blocked_consumer(h: Harness) {
+    let name = h.name("stopping");
+    let doomed = h.bus().await;
+    let live = h.bus().await;
+    let Some(blocked) = queue_on::<u32>(&doomed, &name).await else {
+        return;
+    };
+    let waiting = tokio::spawn(async move { blocked.get(Duration::from_secs(30)).await });
+    // Let the get start waiting before the shutdown (it may also see the
+    // shutdown first; both must end the same way).
+    tokio::task::yield_now().await;
+    ok("shutdown", doomed.shutdown().await);
+    match ok("get task", within("the blocked get to end", waiting).await) {
+        Err(Error::Closed) => {}
+        other => panic!("a get blocked at shutdown must return Closed, got {other:?}"),
+    }
+    let q = ok("queue", live.queue::<u32>(&name));
+    ok("put", q.put(&1).await);
+    assert_eq!(take("the item, left for the live consumer", &q).await, 1);
+}
+
+/// Stats: `redelivered` counts items handed out again after a nack.
+pub async fn redelivery_is_counted(h: Harness) {
+    let name = h.name("recount");
+    let bus = h.bus().await;
+    let Some(q) = acked_queue_on::<u32>(&bus, &name).await else {
+        return;
+    };
+    let before = bus.stats().redelivered;
+    ok("put", q.put(&1).await);
+    let first = ok("receive", within("receive", q.receive(WAIT)).await).expect("the item");
+    ok("nack", first.nack().await);
+    let second = ok("receive", within("receive", q.receive(WAIT)).await).expect("the redelivery");
+    assert_eq!(second.attempt(), 2);
+    ok("ack", second.ack().await);
+    assert_eq!(
+        bus.stats().redelivered - before,
+        1,
+        "stats().redelivered must count the redelivery"
     );
 }
 

@@ -221,6 +221,26 @@ pub async fn no_responders_promptly(h: Harness) {
     );
 }
 
+/// With no provider, `call_all` fails with `NoResponders` promptly too.
+pub async fn call_all_without_providers_is_no_responders(h: Harness) {
+    let method = h.name("nobody.all");
+    let client = h.bus().await;
+    if !has_rpc(&client, &method).await || !has_call_all(&client, &method).await {
+        return;
+    }
+    let timeout = Duration::from_secs(8);
+    let stub = ok("stub", client.stub::<u32, u32>(&method)).timeout(timeout);
+    let started = Instant::now();
+    match within("call_all", stub.call_all(&1)).await {
+        Err(Error::NoResponders { .. }) => {}
+        other => panic!("expected NoResponders, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < timeout / 4,
+        "NoResponders must come promptly"
+    );
+}
+
 /// A handler slower than the caller's timeout: the call fails with `Timeout`
 /// at the deadline (not before, not much after).
 pub async fn slow_handler_times_out_at_deadline(h: Harness) {
