@@ -1,1 +1,49 @@
-//! Placeholder: this crate is being built (see the open issue).
+//! The ZeroMQ transport for busbar (`zmq://host:port`) and its broker.
+//!
+//! - [`Broker`]: a broker to run in a process (`Broker::bind("tcp://127.0.0.1:0")`)
+//!   or as the `busbar-zmq-broker` binary. One ROUTER socket routes events to
+//!   matching subscriptions, holds named queues with acknowledged delivery, and
+//!   load-balances RPC calls among providers.
+//! - [`ZmqBus`]: the client transport behind `Bus::connect("zmq://host:port")`,
+//!   one DEALER socket per bus, reconnecting by itself.
+//!
+//! The protocol (frames, commands, heartbeats, flow control) is written down in
+//! `docs/zmq-protocol.md` so clients in other languages can speak it; envelopes
+//! use busbar's wire format (`busbar_core::wire`).
+//!
+//! Built on the pure-Rust `zeromq` crate: no libzmq, no PUB/SUB (its PUB drops
+//! silently when full). Flow control is ours: publish batches are acknowledged
+//! by the broker, which holds the acknowledgement back while a subscriber is
+//! slow, so nothing is dropped between processes; a subscriber that falls behind
+//! its own buffer is told how many events it missed.
+#![deny(missing_docs)]
+
+mod broker;
+mod client;
+mod config;
+mod connection;
+mod protocol;
+
+pub use broker::{Broker, BrokerConfig, BrokerStats};
+pub use client::ZmqBus;
+pub use config::ZmqConfig;
+
+use async_trait::async_trait;
+use busbar_core::transport::Connector;
+use busbar_core::{EventBus, Result};
+use std::sync::Arc;
+
+struct ZmqConnector;
+
+#[async_trait]
+impl Connector for ZmqConnector {
+    fn schemes(&self) -> &'static [&'static str] {
+        &["zmq"]
+    }
+
+    async fn connect(&self, url: &str) -> Result<Arc<dyn EventBus>> {
+        Ok(Arc::new(ZmqBus::connect(url).await?))
+    }
+}
+
+busbar_core::register_connector!(ZmqConnector);

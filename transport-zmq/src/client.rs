@@ -1,0 +1,700 @@
+//! [`ZmqBus`]: the client transport. Every operation becomes a command on one
+//! ordered channel to the connection task ([`crate::connection`]), which owns
+//! the DEALER socket; answers come back through per-request waiters.
+
+use crate::config::ZmqConfig;
+use crate::connection::{self, Session};
+use crate::protocol::{self, cmd};
+use async_trait::async_trait;
+use busbar_core::inflight::InFlight;
+use busbar_core::mailbox::{mailbox, MailboxSender};
+use busbar_core::transport::{Acker, Guard, Handler, RawDelivery, RawSubscription};
+use busbar_core::{
+    wire, Capabilities, Envelope, Error, EventBus, MessageId, Name, Pattern, Result, Stats,
+    SubscribeOptions, DEFAULT_TIMEOUT,
+};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+/// How long `shutdown` waits for running handlers.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Time a plain `get` holds an item before the broker would redeliver it; the
+/// client acknowledges it as soon as it arrives.
+const GET_VISIBILITY: Duration = Duration::from_secs(30);
+
+/// What the connection task sends, in order.
+pub(crate) enum Outbound {
+    /// A command; `req` names its waiter, failed if the command is dropped.
+    Command {
+        frames: Vec<Bytes>,
+        req: Option<u64>,
+    },
+    /// One encoded event; the permit bounds buffered publishes.
+    Publish(Bytes, OwnedSemaphorePermit),
+    /// Send BYE and stop; signal when done.
+    Bye(Option<oneshot::Sender<()>>),
+}
+
+/// A broker's answer to one command.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Ok,
+    Item {
+        tag: u64,
+        attempt: u32,
+        envelope: Bytes,
+    },
+    Empty,
+    Count(u64),
+    Error(String),
+    Lost,
+}
+
+/// What arrives for one RPC call.
+#[derive(Debug)]
+pub(crate) enum CallEvent {
+    Reply(Box<Envelope>),
+    NoResponders,
+    Fanout(u32),
+    Failed(String),
+    Withdrawn,
+    Lost,
+}
+
+pub(crate) struct Sub {
+    pub(crate) pattern: Pattern,
+    pub(crate) sender: MailboxSender,
+}
+
+pub(crate) struct Serve {
+    pub(crate) method: Name,
+    pub(crate) handler: Arc<dyn Handler>,
+}
+
+pub(crate) struct Waiter {
+    pub(crate) tx: oneshot::Sender<Answer>,
+    /// Survives a reconnect (subscribe/serve confirmations, which replay answers).
+    pub(crate) durable: bool,
+}
+
+/// State shared by the bus handle, its guards and the connection task.
+pub(crate) struct Shared {
+    pub(crate) config: ZmqConfig,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) out: mpsc::UnboundedSender<Outbound>,
+    budget: Arc<Semaphore>,
+    pub(crate) connected: AtomicBool,
+    closed: AtomicBool,
+    pub(crate) epoch: AtomicU64,
+    next_id: AtomicU64,
+    pub(crate) subs: Mutex<HashMap<u64, Sub>>,
+    pub(crate) serves: Mutex<HashMap<u64, Serve>>,
+    pub(crate) waiters: Mutex<HashMap<u64, Waiter>>,
+    pub(crate) calls: Mutex<HashMap<MessageId, mpsc::UnboundedSender<CallEvent>>>,
+    pub(crate) in_flight: InFlight,
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    fn not_connected(&self) -> Error {
+        Error::transport(format!(
+            "not connected to the zmq broker at {} (reconnecting)",
+            self.config.endpoint
+        ))
+    }
+
+    pub(crate) fn command(&self, frames: Vec<Bytes>, req: Option<u64>) {
+        let _ = self.out.send(Outbound::Command { frames, req });
+    }
+
+    /// Sends a command and waits for the broker's answer, at most `wait`.
+    async fn request(&self, req: u64, frames: Vec<Bytes>, wait: Duration) -> Result<Answer> {
+        self.check_open()?;
+        if !self.is_connected() {
+            return Err(self.not_connected());
+        }
+        let pending = self.register(req, false);
+        self.command(frames, Some(req));
+        pending.answer(wait, self).await
+    }
+
+    pub(crate) fn register(&self, req: u64, durable: bool) -> Pending<'_> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters).insert(req, Waiter { tx, durable });
+        Pending {
+            shared: self,
+            req,
+            rx: Some(rx),
+            cancel: false,
+        }
+    }
+
+    /// Completes the waiter of `req`; gives the answer back if nobody waits.
+    pub(crate) fn answer(&self, req: u64, answer: Answer) -> std::result::Result<(), Answer> {
+        let waiter = lock(&self.waiters).remove(&req);
+        match waiter {
+            Some(waiter) => waiter.tx.send(answer),
+            None => Err(answer),
+        }
+    }
+}
+
+/// A registered waiter; dropping it forgets the request (and, for a fetch,
+/// tells the broker to stop waiting).
+pub(crate) struct Pending<'a> {
+    shared: &'a Shared,
+    req: u64,
+    rx: Option<oneshot::Receiver<Answer>>,
+    cancel: bool,
+}
+
+impl Pending<'_> {
+    async fn answer(mut self, wait: Duration, shared: &Shared) -> Result<Answer> {
+        let Some(rx) = self.rx.take() else {
+            return Err(Error::Closed);
+        };
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(Answer::Lost)) | Ok(Err(_)) => Err(Error::transport(format!(
+                "lost the connection to the zmq broker at {} before it answered",
+                shared.config.endpoint
+            ))),
+            Ok(Ok(Answer::Error(message))) => Err(Error::transport(message)),
+            Ok(Ok(answer)) => {
+                self.cancel = false;
+                Ok(answer)
+            }
+            Err(_) => Err(Error::transport(format!(
+                "the zmq broker at {} did not answer within {wait:?}",
+                shared.config.endpoint
+            ))),
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        let removed = lock(&self.shared.waiters).remove(&self.req).is_some();
+        if removed && self.cancel {
+            self.shared.command(
+                protocol::message(cmd::CANCEL, [protocol::u64_frame(self.req)]),
+                None,
+            );
+        }
+    }
+}
+
+/// A connection to a busbar ZeroMQ broker (`zmq://host:port`).
+///
+/// Reconnects on its own with backoff when the broker goes away or restarts,
+/// restoring every subscription and provider; see `docs/zmq-protocol.md`.
+pub struct ZmqBus {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ZmqBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZmqBus")
+            .field("endpoint", &self.shared.config.endpoint)
+            .field("connected", &self.shared.is_connected())
+            .finish()
+    }
+}
+
+impl ZmqBus {
+    /// Connects to the broker named by a `zmq://host:port` URL.
+    pub async fn connect(url: &str) -> Result<ZmqBus> {
+        ZmqBus::connect_with(ZmqConfig::from_url(url)?).await
+    }
+
+    /// Connects with explicit settings. Fails if the broker does not answer
+    /// within [`ZmqConfig::connect_timeout`].
+    pub async fn connect_with(config: ZmqConfig) -> Result<ZmqBus> {
+        let session = tokio::time::timeout(config.connect_timeout, Session::open(&config))
+            .await
+            .map_err(|_| {
+                Error::transport(format!(
+                    "no zmq broker answered at {} within {:?}",
+                    config.endpoint, config.connect_timeout
+                ))
+            })??;
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            budget: Arc::new(Semaphore::new(config.publish_buffer)),
+            config,
+            stats: Arc::default(),
+            out,
+            connected: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            epoch: AtomicU64::new(1),
+            next_id: AtomicU64::new(1),
+            subs: Mutex::default(),
+            serves: Mutex::default(),
+            waiters: Mutex::default(),
+            calls: Mutex::default(),
+            in_flight: InFlight::default(),
+        });
+        tokio::spawn(connection::run(shared.clone(), out_rx, session));
+        Ok(ZmqBus { shared })
+    }
+
+    /// True while connected to the broker.
+    pub fn is_connected(&self) -> bool {
+        self.shared.is_connected()
+    }
+
+    async fn fetch(
+        &self,
+        queue: &Name,
+        timeout: Duration,
+        visibility: Duration,
+    ) -> Result<Option<(u64, u32, Envelope)>> {
+        let shared = &*self.shared;
+        shared.check_open()?;
+        if !shared.is_connected() {
+            return Err(shared.not_connected());
+        }
+        let req = shared.id();
+        let frames = protocol::message(
+            cmd::FETCH,
+            [
+                protocol::u64_frame(req),
+                protocol::text_frame(queue),
+                protocol::u32_frame(millis(timeout)),
+                protocol::u32_frame(millis(visibility).max(1)),
+            ],
+        );
+        let mut pending = shared.register(req, false);
+        pending.cancel = true;
+        shared.command(frames, Some(req));
+        match pending
+            .answer(timeout + shared.config.op_timeout, shared)
+            .await?
+        {
+            Answer::Item {
+                tag,
+                attempt,
+                envelope,
+            } => match wire::decode(&envelope, shared.config.max_envelope) {
+                Ok(envelope) => Ok(Some((tag, attempt, envelope))),
+                Err(err) => {
+                    Stats::incr(&shared.stats.rejected);
+                    tracing::warn!(%err, %queue, "rejected a malformed queue item");
+                    // Settle it so it does not come back forever.
+                    shared.command(
+                        protocol::message(
+                            cmd::ACK,
+                            [protocol::u64_frame(0), protocol::u64_frame(tag)],
+                        ),
+                        None,
+                    );
+                    Err(err)
+                }
+            },
+            Answer::Empty => Ok(None),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    d.as_millis().min(u32::MAX as u128) as u32
+}
+
+fn unexpected(answer: Answer) -> Error {
+    Error::transport(format!("unexpected answer from the zmq broker: {answer:?}"))
+}
+
+impl Drop for ZmqBus {
+    fn drop(&mut self) {
+        // Ends the connection task, which says BYE so the broker frees everything.
+        let _ = self.shared.out.send(Outbound::Bye(None));
+    }
+}
+
+#[async_trait]
+impl EventBus for ZmqBus {
+    fn name(&self) -> &'static str {
+        "zmq"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // Queue items live in the broker's memory: they outlive the processes
+            // that put them, not a broker restart.
+            persistence: false,
+            ..Capabilities::FULL
+        }
+    }
+
+    fn stats(&self) -> &Arc<Stats> {
+        &self.shared.stats
+    }
+
+    async fn publish(&self, event: Envelope) -> Result<()> {
+        let shared = &*self.shared;
+        shared.check_open()?;
+        let bytes = wire::encode(&event)?;
+        let permit = if shared.is_connected() {
+            shared
+                .budget
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Closed)?
+        } else {
+            shared.budget.clone().try_acquire_owned().map_err(|_| {
+                Error::transport(format!(
+                    "the zmq broker at {} is unreachable and the publish buffer ({} events) is full",
+                    shared.config.endpoint, shared.config.publish_buffer
+                ))
+            })?
+        };
+        shared
+            .out
+            .send(Outbound::Publish(bytes, permit))
+            .map_err(|_| Error::Closed)
+    }
+
+    async fn subscribe(
+        &self,
+        pattern: &Pattern,
+        options: SubscribeOptions,
+    ) -> Result<RawSubscription> {
+        let shared = &self.shared;
+        shared.check_open()?;
+        let id = shared.id();
+        let (sender, receiver) = mailbox(options.capacity, shared.stats.clone());
+        lock(&shared.subs).insert(
+            id,
+            Sub {
+                pattern: pattern.clone(),
+                sender,
+            },
+        );
+        let weak = Arc::downgrade(shared);
+        let guard = Guard::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                if lock(&shared.subs).remove(&id).is_some() {
+                    shared.command(
+                        protocol::message(cmd::UNSUBSCRIBE, [protocol::u64_frame(id)]),
+                        None,
+                    );
+                }
+            }
+        });
+        // Durable: if the connection drops now, the replay after reconnecting
+        // re-sends it with the same id and its confirmation completes this wait.
+        let pending = shared.register(id, true);
+        if shared.is_connected() {
+            shared.command(
+                protocol::message(
+                    cmd::SUBSCRIBE,
+                    [
+                        protocol::u64_frame(id),
+                        protocol::text_frame(pattern.as_str()),
+                    ],
+                ),
+                None,
+            );
+        }
+        match pending.answer(shared.config.op_timeout, shared).await? {
+            Answer::Ok => Ok(RawSubscription::new(pattern.clone(), receiver, guard)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn queue_put(&self, item: Envelope) -> Result<()> {
+        let shared = &*self.shared;
+        let bytes = wire::encode(&item)?;
+        let req = shared.id();
+        let frames = protocol::message(cmd::PUT, [protocol::u64_frame(req), bytes]);
+        match shared
+            .request(req, frames, shared.config.op_timeout)
+            .await?
+        {
+            Answer::Ok => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn queue_get(&self, queue: &Name, timeout: Duration) -> Result<Option<Envelope>> {
+        match self.fetch(queue, timeout, GET_VISIBILITY).await? {
+            None => Ok(None),
+            Some((tag, _, envelope)) => {
+                self.shared.command(
+                    protocol::message(cmd::ACK, [protocol::u64_frame(0), protocol::u64_frame(tag)]),
+                    None,
+                );
+                Ok(Some(envelope))
+            }
+        }
+    }
+
+    async fn queue_receive(
+        &self,
+        queue: &Name,
+        timeout: Duration,
+        visibility: Duration,
+    ) -> Result<Option<RawDelivery>> {
+        match self.fetch(queue, timeout, visibility).await? {
+            None => Ok(None),
+            Some((tag, attempt, envelope)) => {
+                let acker = ZmqAcker {
+                    shared: self.shared.clone(),
+                    tag,
+                    epoch: self.shared.epoch.load(Ordering::Acquire),
+                };
+                Ok(Some(RawDelivery::new(envelope, attempt, Box::new(acker))))
+            }
+        }
+    }
+
+    async fn queue_len(&self, queue: &Name) -> Result<usize> {
+        let shared = &*self.shared;
+        let req = shared.id();
+        let frames = protocol::message(
+            cmd::LEN,
+            [protocol::u64_frame(req), protocol::text_frame(queue)],
+        );
+        match shared
+            .request(req, frames, shared.config.op_timeout)
+            .await?
+        {
+            Answer::Count(n) => Ok(n as usize),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn serve(&self, method: &Name, handler: Arc<dyn Handler>) -> Result<Guard> {
+        let shared = &self.shared;
+        shared.check_open()?;
+        let id = shared.id();
+        lock(&shared.serves).insert(
+            id,
+            Serve {
+                method: method.clone(),
+                handler,
+            },
+        );
+        let weak = Arc::downgrade(shared);
+        let guard = Guard::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                if lock(&shared.serves).remove(&id).is_some() {
+                    shared.command(
+                        protocol::message(cmd::UNSERVE, [protocol::u64_frame(id)]),
+                        None,
+                    );
+                }
+            }
+        });
+        let pending = shared.register(id, true);
+        if shared.is_connected() {
+            shared.command(
+                protocol::message(
+                    cmd::SERVE,
+                    [protocol::u64_frame(id), protocol::text_frame(method)],
+                ),
+                None,
+            );
+        }
+        match pending.answer(shared.config.op_timeout, shared).await? {
+            Answer::Ok => Ok(guard),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn call(&self, request: Envelope) -> Result<Envelope> {
+        let mut call = self.start_call(&request, false)?;
+        let deadline = deadline_of(&request);
+        loop {
+            match tokio::time::timeout_at(deadline, call.events.recv()).await {
+                Err(_) => return Err(Error::Timeout),
+                Ok(None) | Ok(Some(CallEvent::Lost)) => return Err(lost(&self.shared)),
+                Ok(Some(CallEvent::Reply(reply))) => return Ok(*reply),
+                Ok(Some(CallEvent::NoResponders)) => return Err(no_responders(&request)),
+                Ok(Some(CallEvent::Failed(message))) => return Err(Error::transport(message)),
+                Ok(Some(CallEvent::Fanout(_))) | Ok(Some(CallEvent::Withdrawn)) => {}
+            }
+        }
+    }
+
+    async fn call_all(&self, request: Envelope) -> Result<Vec<Result<Envelope>>> {
+        let mut call = self.start_call(&request, true)?;
+        let deadline = deadline_of(&request);
+        let mut expected: Option<usize> = None;
+        let mut out = Vec::new();
+        while !matches!(expected, Some(n) if out.len() >= n) {
+            match tokio::time::timeout_at(deadline, call.events.recv()).await {
+                Err(_) => break,
+                Ok(None) | Ok(Some(CallEvent::Lost)) => {
+                    if expected.is_none() {
+                        return Err(lost(&self.shared));
+                    }
+                    let missing = expected.unwrap_or(0).saturating_sub(out.len());
+                    out.extend((0..missing).map(|_| Err(lost(&self.shared))));
+                }
+                Ok(Some(CallEvent::Fanout(n))) => expected = Some(n as usize),
+                Ok(Some(CallEvent::NoResponders)) => return Err(no_responders(&request)),
+                Ok(Some(CallEvent::Reply(reply))) => out.push(Ok(*reply)),
+                Ok(Some(CallEvent::Failed(message))) => out.push(Err(Error::transport(message))),
+                Ok(Some(CallEvent::Withdrawn)) => {
+                    // A provider left before handling it: one answer fewer to wait for.
+                    if let Some(n) = expected.as_mut() {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 && out.is_empty() {
+                            return Err(no_responders(&request));
+                        }
+                    }
+                }
+            }
+        }
+        match expected {
+            None => Err(Error::Timeout),
+            Some(n) => {
+                out.resize_with(n.max(out.len()), || Err(Error::Timeout));
+                Ok(out)
+            }
+        }
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        let shared = &self.shared;
+        if shared.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // No new requests: withdraw every provider, then let running handlers finish
+        // (their replies travel before BYE, on the same ordered channel).
+        let serves: Vec<u64> = lock(&shared.serves).drain().map(|(id, _)| id).collect();
+        for id in serves {
+            shared.command(
+                protocol::message(cmd::UNSERVE, [protocol::u64_frame(id)]),
+                None,
+            );
+        }
+        if !shared.in_flight.wait_idle(SHUTDOWN_GRACE).await {
+            tracing::warn!(
+                running = shared.in_flight.running(),
+                "shutdown: handlers still running after the grace period"
+            );
+        }
+        let (done, finished) = oneshot::channel();
+        if shared.out.send(Outbound::Bye(Some(done))).is_ok() {
+            let _ = tokio::time::timeout(shared.config.op_timeout, finished).await;
+        }
+        Ok(())
+    }
+}
+
+/// An RPC call in flight; dropping it forgets the call.
+struct CallHandle<'a> {
+    shared: &'a Shared,
+    id: MessageId,
+    events: mpsc::UnboundedReceiver<CallEvent>,
+}
+
+impl ZmqBus {
+    fn start_call(&self, request: &Envelope, all: bool) -> Result<CallHandle<'_>> {
+        let shared = &*self.shared;
+        shared.check_open()?;
+        if !shared.is_connected() {
+            return Err(shared.not_connected());
+        }
+        let bytes = wire::encode(request)?;
+        let (tx, events) = mpsc::unbounded_channel();
+        lock(&shared.calls).insert(request.id, tx);
+        let command = if all { cmd::CALL_ALL } else { cmd::CALL };
+        shared.command(protocol::message(command, [bytes]), None);
+        Ok(CallHandle {
+            shared,
+            id: request.id,
+            events,
+        })
+    }
+}
+
+impl Drop for CallHandle<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.calls).remove(&self.id);
+    }
+}
+
+fn deadline_of(request: &Envelope) -> tokio::time::Instant {
+    tokio::time::Instant::now() + request.remaining().unwrap_or(DEFAULT_TIMEOUT)
+}
+
+fn no_responders(request: &Envelope) -> Error {
+    Error::NoResponders {
+        method: request.subject.to_string(),
+    }
+}
+
+fn lost(shared: &Shared) -> Error {
+    Error::transport(format!(
+        "lost the connection to the zmq broker at {} during the call",
+        shared.config.endpoint
+    ))
+}
+
+/// Settles one acknowledged delivery with the broker that handed it out.
+struct ZmqAcker {
+    shared: Arc<Shared>,
+    tag: u64,
+    epoch: u64,
+}
+
+impl ZmqAcker {
+    async fn settle(&self, command: u8) -> Result<()> {
+        let shared = &*self.shared;
+        if shared.epoch.load(Ordering::Acquire) != self.epoch {
+            return Err(Error::transport(
+                "the connection to the zmq broker was lost since this delivery; it will be delivered again",
+            ));
+        }
+        let req = shared.id();
+        let frames = protocol::message(
+            command,
+            [protocol::u64_frame(req), protocol::u64_frame(self.tag)],
+        );
+        match shared
+            .request(req, frames, shared.config.op_timeout)
+            .await?
+        {
+            Answer::Ok => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+#[async_trait]
+impl Acker for ZmqAcker {
+    async fn ack(&self) -> Result<()> {
+        self.settle(cmd::ACK).await
+    }
+
+    async fn nack(&self) -> Result<()> {
+        self.settle(cmd::NACK).await
+    }
+}

@@ -1,0 +1,332 @@
+//! The busbar ZeroMQ protocol (BBZ/1): frames and commands between clients
+//! (DEALER) and the broker (ROUTER). `docs/zmq-protocol.md` is the normative text;
+//! this module is its Rust form.
+//!
+//! Every message is `[SIGNATURE, command, args...]`, each part a ZMTP frame.
+//! Integers are big-endian. Envelopes are `busbar_core::wire` encodings.
+
+use busbar_core::wire;
+use busbar_core::{Kind, MessageId};
+use bytes::{Bytes, BytesMut};
+
+/// First frame of every message: protocol name and version.
+pub(crate) const SIGNATURE: &[u8] = b"BBZ1";
+
+/// Command bytes. Client to broker are below 0x80, broker to client at or above.
+pub(crate) mod cmd {
+    pub(crate) const HELLO: u8 = 0x01;
+    pub(crate) const HEARTBEAT: u8 = 0x02;
+    pub(crate) const BYE: u8 = 0x03;
+    pub(crate) const SUBSCRIBE: u8 = 0x10;
+    pub(crate) const UNSUBSCRIBE: u8 = 0x11;
+    pub(crate) const PUBLISH: u8 = 0x12;
+    pub(crate) const PUT: u8 = 0x20;
+    pub(crate) const FETCH: u8 = 0x21;
+    pub(crate) const ACK: u8 = 0x22;
+    pub(crate) const NACK: u8 = 0x23;
+    pub(crate) const LEN: u8 = 0x24;
+    pub(crate) const CANCEL: u8 = 0x25;
+    pub(crate) const SERVE: u8 = 0x30;
+    pub(crate) const UNSERVE: u8 = 0x31;
+    pub(crate) const CALL: u8 = 0x32;
+    pub(crate) const CALL_ALL: u8 = 0x33;
+    pub(crate) const REPLY: u8 = 0x34;
+    pub(crate) const DECLINE: u8 = 0x35;
+
+    pub(crate) const WELCOME: u8 = 0x81;
+    pub(crate) const BROKER_HEARTBEAT: u8 = 0x82;
+    pub(crate) const RESET: u8 = 0x83;
+    pub(crate) const GOODBYE: u8 = 0x84;
+    pub(crate) const SUBSCRIBED: u8 = 0x90;
+    pub(crate) const EVENT: u8 = 0x91;
+    pub(crate) const PUBACK: u8 = 0x92;
+    pub(crate) const OK: u8 = 0xA0;
+    pub(crate) const ITEM: u8 = 0xA1;
+    pub(crate) const EMPTY: u8 = 0xA2;
+    pub(crate) const COUNT: u8 = 0xA3;
+    pub(crate) const ERROR: u8 = 0xAF;
+    pub(crate) const SERVING: u8 = 0xB0;
+    pub(crate) const REQUEST: u8 = 0xB1;
+    pub(crate) const NO_RESPONDERS: u8 = 0xB2;
+    pub(crate) const FANOUT: u8 = 0xB3;
+    pub(crate) const RESULT: u8 = 0xB4;
+    pub(crate) const FAILED: u8 = 0xB5;
+    pub(crate) const WITHDRAWN: u8 = 0xB6;
+}
+
+/// A malformed message: what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Malformed(pub(crate) String);
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub(crate) type Parsed<T> = Result<T, Malformed>;
+
+fn malformed<T>(what: impl Into<String>) -> Parsed<T> {
+    Err(Malformed(what.into()))
+}
+
+/// Builds a message: signature, command, then `args`.
+pub(crate) fn message(command: u8, args: impl IntoIterator<Item = Bytes>) -> Vec<Bytes> {
+    let mut frames = vec![
+        Bytes::from_static(SIGNATURE),
+        Bytes::copy_from_slice(&[command]),
+    ];
+    frames.extend(args);
+    frames
+}
+
+/// A u64 frame.
+pub(crate) fn u64_frame(value: u64) -> Bytes {
+    Bytes::copy_from_slice(&value.to_be_bytes())
+}
+
+/// A u32 frame.
+pub(crate) fn u32_frame(value: u32) -> Bytes {
+    Bytes::copy_from_slice(&value.to_be_bytes())
+}
+
+/// A message-id frame (16 bytes).
+pub(crate) fn id_frame(id: MessageId) -> Bytes {
+    Bytes::copy_from_slice(&id.0.to_be_bytes())
+}
+
+/// A frame holding several u64 (subscription ids of one event).
+pub(crate) fn u64s_frame(values: &[u64]) -> Bytes {
+    let mut out = BytesMut::with_capacity(values.len() * 8);
+    for v in values {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    out.freeze()
+}
+
+/// A text frame.
+pub(crate) fn text_frame(text: &str) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
+/// Splits a received message (signature already checked) into its command and args.
+pub(crate) fn split(frames: &[Bytes]) -> Parsed<(u8, &[Bytes])> {
+    match frames {
+        [signature, command, args @ ..] => {
+            if signature.as_ref() != SIGNATURE {
+                return malformed("bad signature frame (expected BBZ1)");
+            }
+            if command.len() != 1 {
+                return malformed("the command frame must be one byte");
+            }
+            Ok((command[0], args))
+        }
+        _ => malformed("a message needs at least a signature and a command frame"),
+    }
+}
+
+/// Reads a u64 frame.
+pub(crate) fn read_u64(frame: &Bytes, what: &str) -> Parsed<u64> {
+    match <[u8; 8]>::try_from(frame.as_ref()) {
+        Ok(bytes) => Ok(u64::from_be_bytes(bytes)),
+        Err(_) => malformed(format!("{what}: expected an 8-byte integer")),
+    }
+}
+
+/// Reads a u32 frame.
+pub(crate) fn read_u32(frame: &Bytes, what: &str) -> Parsed<u32> {
+    match <[u8; 4]>::try_from(frame.as_ref()) {
+        Ok(bytes) => Ok(u32::from_be_bytes(bytes)),
+        Err(_) => malformed(format!("{what}: expected a 4-byte integer")),
+    }
+}
+
+/// Reads a 16-byte message id frame.
+pub(crate) fn read_id(frame: &Bytes) -> Parsed<MessageId> {
+    match <[u8; 16]>::try_from(frame.as_ref()) {
+        Ok(bytes) => Ok(MessageId(u128::from_be_bytes(bytes))),
+        Err(_) => malformed("message id: expected 16 bytes"),
+    }
+}
+
+/// Reads a frame of concatenated u64s.
+pub(crate) fn read_u64s(frame: &Bytes) -> Parsed<Vec<u64>> {
+    if frame.is_empty() || frame.len() % 8 != 0 {
+        return malformed("subscription ids: expected a non-empty multiple of 8 bytes");
+    }
+    Ok(frame
+        .chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect())
+}
+
+/// Reads a UTF-8 text frame.
+pub(crate) fn read_text<'a>(frame: &'a Bytes, what: &str) -> Parsed<&'a str> {
+    std::str::from_utf8(frame).or_else(|_| malformed(format!("{what}: not UTF-8")))
+}
+
+/// Exactly `n` argument frames.
+pub(crate) fn args<const N: usize>(args: &[Bytes], command: &str) -> Parsed<[Bytes; N]> {
+    match <&[Bytes; N]>::try_from(args) {
+        Ok(array) => Ok(array.clone()),
+        Err(_) => malformed(format!(
+            "{command}: expected {N} argument frames, got {}",
+            args.len()
+        )),
+    }
+}
+
+/// The routing facts of an encoded envelope, read without decoding all of it.
+#[derive(Debug)]
+pub(crate) struct Peek<'a> {
+    /// The message kind.
+    pub(crate) kind: Kind,
+    /// The message id.
+    pub(crate) id: MessageId,
+    /// The subject (topic, queue or method).
+    pub(crate) subject: &'a str,
+    /// The deadline, if any.
+    pub(crate) deadline_ms: Option<u64>,
+}
+
+/// Reads the header and subject of an encoded envelope (the broker's hot path).
+///
+/// Checks the magic byte, version, kind, flags and that the subject is a valid
+/// name; the rest of the envelope is checked by the receiving client's full decode.
+pub(crate) fn peek(bytes: &[u8], max_len: usize) -> Parsed<Peek<'_>> {
+    if bytes.len() > max_len {
+        return malformed(format!(
+            "envelope of {} bytes exceeds the limit of {max_len}",
+            bytes.len()
+        ));
+    }
+    // magic, version, kind, flags, id[16], timestamp u64
+    if bytes.len() < 4 + 16 + 8 + 2 {
+        return malformed("truncated envelope");
+    }
+    if bytes[0] != wire::MAGIC {
+        return malformed("not a busbar envelope (bad magic byte)");
+    }
+    if bytes[1] != wire::VERSION {
+        return malformed(format!("unsupported wire version {}", bytes[1]));
+    }
+    let Some(kind) = Kind::from_u8(bytes[2]) else {
+        return malformed("unknown message kind");
+    };
+    let flags = bytes[3];
+    if flags & !7 != 0 {
+        return malformed("unknown flag bits");
+    }
+    let id = MessageId(u128::from_be_bytes(
+        bytes[4..20].try_into().unwrap_or([0; 16]),
+    ));
+    let mut pos = 28;
+    let mut deadline_ms = None;
+    if flags & 1 != 0 {
+        let Some(raw) = bytes.get(pos..pos + 8) else {
+            return malformed("truncated envelope");
+        };
+        deadline_ms = Some(u64::from_be_bytes(raw.try_into().unwrap_or([0; 8])));
+        pos += 8;
+    }
+    if flags & 2 != 0 {
+        pos += 16;
+    }
+    let Some(len) = bytes.get(pos..pos + 2) else {
+        return malformed("truncated envelope");
+    };
+    let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+    pos += 2;
+    let Some(subject) = bytes.get(pos..pos + len) else {
+        return malformed("truncated envelope");
+    };
+    let Ok(subject) = std::str::from_utf8(subject) else {
+        return malformed("subject is not UTF-8");
+    };
+    if !valid_name(subject) {
+        return malformed(format!("invalid subject {subject:?}"));
+    }
+    Ok(Peek {
+        kind,
+        id,
+        subject,
+        deadline_ms,
+    })
+}
+
+/// The naming rules of `busbar_core::Name`, without allocating.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= busbar_core::MAX_NAME_LEN
+        && name.split('.').all(|segment| {
+            !segment.is_empty()
+                && segment
+                    .chars()
+                    .all(|c| !c.is_whitespace() && !c.is_control() && c != '*' && c != '>')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use busbar_core::{ContentType, Envelope, Name};
+    use std::time::Duration;
+
+    #[test]
+    fn peek_reads_what_decode_reads() {
+        let mut e = Envelope::new(
+            Kind::Request,
+            Name::new("math.add").unwrap(),
+            ContentType::JSON,
+            Bytes::from_static(b"[1,2]"),
+        )
+        .with_timeout(Duration::from_secs(1));
+        e.correlation_id = Some(MessageId(7));
+        let bytes = wire::encode(&e).unwrap();
+        let p = peek(&bytes, 1 << 20).unwrap();
+        assert_eq!(p.kind, Kind::Request);
+        assert_eq!(p.id, e.id);
+        assert_eq!(p.subject, "math.add");
+        assert_eq!(p.deadline_ms, e.deadline_ms);
+    }
+
+    #[test]
+    fn peek_refuses_garbage_and_truncation() {
+        let e = Envelope::new(
+            Kind::Event,
+            Name::new("a.b").unwrap(),
+            ContentType::JSON,
+            Bytes::new(),
+        );
+        let bytes = wire::encode(&e).unwrap();
+        for len in 0..32 {
+            assert!(peek(&bytes[..len], 1 << 20).is_err());
+        }
+        assert!(peek(
+            b"garbage that is long enough to pass the length check",
+            1 << 20
+        )
+        .is_err());
+        assert!(peek(&bytes, 4).is_err());
+    }
+
+    #[test]
+    fn split_checks_signature_and_command() {
+        assert!(split(&[Bytes::from_static(b"XXXX"), Bytes::from_static(&[1])]).is_err());
+        assert!(split(&[Bytes::from_static(SIGNATURE)]).is_err());
+        assert!(split(&[Bytes::from_static(SIGNATURE), Bytes::from_static(&[1, 2])]).is_err());
+        let frames = message(cmd::HELLO, [text_frame("x")]);
+        let (command, rest) = split(&frames).unwrap();
+        assert_eq!(command, cmd::HELLO);
+        assert_eq!(rest.len(), 1);
+    }
+
+    #[test]
+    fn integer_frames_round_trip() {
+        assert_eq!(read_u64(&u64_frame(42), "x").unwrap(), 42);
+        assert_eq!(read_u32(&u32_frame(7), "x").unwrap(), 7);
+        assert_eq!(read_u64s(&u64s_frame(&[1, 2, 3])).unwrap(), vec![1, 2, 3]);
+        assert!(read_u64s(&Bytes::from_static(&[1, 2, 3])).is_err());
+        assert_eq!(read_id(&id_frame(MessageId(9))).unwrap(), MessageId(9));
+    }
+}
