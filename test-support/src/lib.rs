@@ -1,1 +1,319 @@
-//! Placeholder: this crate is being built (see the open issue).
+//! Real brokers for busbar's tests.
+//!
+//! [`RedisServer::start`] runs `redis-server` on a free `127.0.0.1` port with no
+//! persistence and a private data directory, waits until it answers `PING`, and
+//! kills it when dropped. [`RedisServer::shared`] gives one server per test binary.
+//! A missing binary is a panic with an install hint: tests never skip silently.
+//!
+//! Never touches a Redis already running on the default port: every server gets
+//! its own free port.
+#![deny(missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long a starting server may take to answer `PING`.
+pub const START_DEADLINE: Duration = Duration::from_secs(10);
+
+const INSTALL_HINT: &str = "redis-server was not found on PATH: install it \
+    (Debian/Ubuntu: `apt-get install redis-server`, macOS: `brew install redis`) \
+    or set BUSBAR_REDIS_SERVER to its path";
+
+/// A `redis-server` process owned by a test; killed when dropped.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    persistent: bool,
+}
+
+impl RedisServer {
+    /// Starts a server on a free loopback port without persistence
+    /// (`--save '' --appendonly no`) and waits until it answers `PING`.
+    ///
+    /// # Panics
+    /// When `redis-server` is missing (with an install hint) or does not come up.
+    pub fn start() -> RedisServer {
+        Self::start_with(false)
+    }
+
+    /// Like [`start`](Self::start) but with `--appendonly yes`, so data survives a
+    /// [`restart`](Self::restart).
+    pub fn start_persistent() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    /// One server shared by every test of this test binary (started on first use).
+    /// Tests sharing it must use unique names.
+    pub fn shared() -> &'static RedisServer {
+        static SHARED: OnceLock<RedisServer> = OnceLock::new();
+        SHARED.get_or_init(RedisServer::start)
+    }
+
+    fn start_with(persistent: bool) -> RedisServer {
+        let dir = fresh_dir();
+        let mut last_error = String::new();
+        for _attempt in 0..20 {
+            let port = free_port();
+            match spawn(port, &dir, persistent) {
+                Ok(child) => {
+                    let mut server = RedisServer {
+                        child: Some(child),
+                        port,
+                        dir: dir.clone(),
+                        persistent,
+                    };
+                    match server.wait_ready() {
+                        Ok(()) => return server,
+                        Err(err) => {
+                            last_error = err;
+                            server.kill();
+                        }
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
+                Err(err) => last_error = err.to_string(),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        panic!("redis-server did not start: {last_error}");
+    }
+
+    /// The server's URL, `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sends one command (inline form) and returns the raw reply line(s), e.g.
+    /// `command(&["CLIENT", "KILL", "TYPE", "normal"])`. For fault injection.
+    pub fn command(&self, args: &[&str]) -> std::io::Result<String> {
+        command(self.port, args)
+    }
+
+    /// Kills the server and starts it again on the same port with the same data
+    /// directory. With [`start_persistent`](Self::start_persistent), data written
+    /// before the restart is there after it. `while_down` runs while the server is
+    /// stopped. Waits until the new server answers `PING`.
+    pub fn restart(&mut self, while_down: impl FnOnce()) {
+        if self.persistent {
+            // Flush the append-only file so nothing acknowledged is lost.
+            let _ = self.command(&["BGREWRITEAOF"]);
+            let _ = wait_until(Duration::from_secs(5), || {
+                self.command(&["INFO", "persistence"])
+                    .map(|info| info.contains("aof_rewrite_in_progress:0"))
+                    .unwrap_or(false)
+            });
+        }
+        self.kill();
+        while_down();
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            // The port can stay busy for a moment after the kill: retry until free.
+            let child = spawn(self.port, &self.dir, self.persistent).unwrap_or_else(|err| {
+                panic!("cannot restart redis-server: {err}");
+            });
+            self.child = Some(child);
+            match self.wait_ready() {
+                Ok(()) => return,
+                Err(err) if Instant::now() > deadline => {
+                    panic!("redis-server did not restart: {err}")
+                }
+                Err(_) => self.kill(),
+            }
+        }
+    }
+
+    /// Stops the server now (also done on drop).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Closing the guard's stdin makes it kill -9 the server and reap it.
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_DEADLINE;
+        let mut backoff = Duration::from_millis(2);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let mut log = String::new();
+                    let _ = std::fs::File::open(self.dir.join("redis.log"))
+                        .and_then(|mut f| f.read_to_string(&mut log));
+                    return Err(format!("redis-server exited with {status}: {}", tail(&log)));
+                }
+            }
+            if let Ok(reply) = command(self.port, &["PING"]) {
+                if reply.starts_with("+PONG") {
+                    return Ok(());
+                }
+                // LOADING: keep waiting.
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no PONG on port {} within {START_DEADLINE:?}",
+                    self.port
+                ));
+            }
+            // Polling with a growing interval, bounded by the deadline above.
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl std::fmt::Debug for RedisServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisServer")
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+fn binary() -> String {
+    std::env::var("BUSBAR_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
+}
+
+/// Starts redis-server under a small `sh` guard that kills it as soon as our end
+/// of the guard's stdin closes, so a server never outlives the test process (even
+/// one held in a `static`, which is never dropped).
+fn spawn(port: u16, dir: &Path, persistent: bool) -> std::io::Result<Child> {
+    match Command::new(binary()).arg("--version").output() {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#""$@" </dev/null & pid=$!; read -r _; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null"#)
+        .arg("sh")
+        .arg(binary())
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--bind")
+        .arg("127.0.0.1")
+        .arg("--save")
+        .arg("")
+        .arg("--appendonly")
+        .arg(if persistent { "yes" } else { "no" })
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .arg("--daemonize")
+        .arg("no")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if persistent {
+        // Inserted before the guard's own arguments end: options are order-free.
+        cmd.arg("--appendfsync").arg("always");
+    }
+    cmd.spawn()
+}
+
+/// A port that was free a moment ago (redis refuses `--port 0`).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("cannot bind a loopback port")
+}
+
+fn fresh_dir() -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "busbar-redis-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("cannot create a temporary directory");
+    dir
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
+}
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// Sends `args` as a RESP array and reads one reply (simple line, or a bulk string).
+fn command(port: u16, args: &[&str]) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_nodelay(true)?;
+    let mut out = format!("*{}\r\n", args.len());
+    for arg in args {
+        out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(out.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    if let Some(len) = line.strip_prefix('$') {
+        let len: i64 = len.trim().parse().unwrap_or(-1);
+        if len >= 0 {
+            let mut body = vec![0; len as usize + 2];
+            reader.read_exact(&mut body)?;
+            return Ok(String::from_utf8_lossy(&body[..len as usize]).into_owned());
+        }
+    }
+    Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_answers_and_stops() {
+        let mut server = RedisServer::start();
+        assert!(server.command(&["PING"]).unwrap().starts_with("+PONG"));
+        assert!(server.url().starts_with("redis://127.0.0.1:"));
+        assert_ne!(server.port(), 6379);
+        let port = server.port();
+        server.kill();
+        assert!(command(port, &["PING"]).is_err());
+    }
+
+    #[test]
+    fn restart_keeps_data_when_persistent() {
+        let mut server = RedisServer::start_persistent();
+        assert!(server
+            .command(&["SET", "k", "v"])
+            .unwrap()
+            .starts_with("+OK"));
+        let mut ran = false;
+        server.restart(|| ran = true);
+        assert!(ran);
+        assert_eq!(server.command(&["GET", "k"]).unwrap(), "v");
+    }
+}

@@ -1,1 +1,504 @@
-//! Placeholder: this crate is being built (see the open issue).
+//! The Redis transport of busbar: `redis://` and `rediss://`.
+//!
+//! ```no_run
+//! # async fn demo() -> busbar_core::Result<()> {
+//! use busbar_redis as _; // registers redis:// and rediss:// (the `busbar` facade does this)
+//! let bus = busbar_core::Bus::connect("redis://127.0.0.1:6379/?namespace=myapp").await?;
+//! bus.publish_to("orders.created", &42).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! - **Events** are `PUBLISH`ed on `<namespace>:e:<topic>` by one ordered writer
+//!   that pipelines concurrent publishes; wildcard subscriptions `PSUBSCRIBE` a
+//!   coarser glob and filter exactly on the client ([`pubsub`]).
+//! - **Queues** are lists with an in-flight table and a visibility timeout; every
+//!   take is atomic on the server, so no item is ever lost ([`queue`]).
+//! - **RPC** pushes a request onto a per-method list popped by one provider, and
+//!   `call_all` publishes to every provider, counting the receivers ([`rpc`]).
+//! - A lost connection is restored with backoff, and every subscription, queue
+//!   consumer and RPC provider with it; `stats().disconnects`/`reconnects` count
+//!   it. Publishes made meanwhile are buffered up to `publish_buffer`, then fail.
+//!
+//! # URL
+//!
+//! `redis://[user:password@]host[:port][/db][?query]`. Query parameters read by
+//! busbar (the rest is passed to the Redis client):
+//!
+//! | parameter | default | meaning |
+//! | --- | --- | --- |
+//! | `namespace` | `busbar` | prefix of every key and channel |
+//! | `publish_buffer` | `65536` | publishes buffered while disconnected |
+//! | `outage_wait_ms` | `10000` | how long an operation waits for a reconnect |
+//! | `reap_interval_ms` | `100` | how often waiting consumers look for expired items |
+//!
+//! The connection always speaks RESP3 with `TCP_NODELAY`.
+#![deny(missing_docs)]
+
+mod connection;
+pub mod pubsub;
+pub mod queue;
+pub mod rpc;
+
+use async_trait::async_trait;
+use busbar_core::inflight::InFlight;
+use busbar_core::transport::{
+    Capabilities, Connector, EventBus, Guard, Handler, RawDelivery, RawSubscription,
+    SubscribeOptions,
+};
+use busbar_core::{redact_url, Envelope, Error, Kind, MessageId, Name, Pattern, Result, Stats};
+use connection::{BlockingPool, CommandLink, Opener, Writer};
+use dashmap::DashMap;
+use pubsub::Subscriber;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Settings of a Redis bus. Built from a URL with [`Config::from_url`]; every
+/// field can then be changed before [`RedisBus::connect_with`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    url: String,
+    /// Prefix of every Redis key and channel, so several applications can share a server.
+    pub namespace: String,
+    /// Publishes buffered while Redis is unreachable before `publish` fails.
+    pub publish_buffer: usize,
+    /// How long an operation waits for a lost connection to come back.
+    pub outage_wait: Duration,
+    /// Timeout of one non-blocking command.
+    pub response_timeout: Duration,
+    /// Timeout of one connection attempt.
+    pub connect_timeout: Duration,
+    /// First delay between reconnect attempts (it doubles up to `reconnect_max`).
+    pub reconnect_min: Duration,
+    /// Longest delay between reconnect attempts.
+    pub reconnect_max: Duration,
+    /// How long an item taken by `get` stays in flight if its acknowledgement is
+    /// lost (it then comes back).
+    pub get_visibility: Duration,
+    /// How often a bus whose consumers wait looks for items whose visibility expired.
+    pub reap_interval: Duration,
+    /// Requests one RPC provider runs at once.
+    pub handler_concurrency: usize,
+    /// How long `shutdown` waits for running handlers.
+    pub shutdown_grace: Duration,
+    /// Largest envelope accepted from the wire, in bytes.
+    pub max_envelope: usize,
+}
+
+impl Config {
+    /// Parses a `redis://` or `rediss://` URL (see the crate docs for its query parameters).
+    pub fn from_url(url: &str) -> Result<Config> {
+        let invalid = |reason: String| Error::InvalidUrl {
+            url: redact_url(url),
+            reason,
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| invalid("expected redis://host:port".into()))?;
+        if scheme != "redis" && scheme != "rediss" {
+            return Err(invalid(format!(
+                "the redis transport does not open {scheme}:// URLs"
+            )));
+        }
+        let mut config = Config {
+            url: String::new(),
+            namespace: "busbar".into(),
+            publish_buffer: 65_536,
+            outage_wait: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(20),
+            reconnect_max: Duration::from_secs(2),
+            get_visibility: Duration::from_secs(30),
+            reap_interval: Duration::from_millis(100),
+            handler_concurrency: 256,
+            shutdown_grace: Duration::from_secs(5),
+            max_envelope: busbar_core::wire::DEFAULT_MAX_ENVELOPE,
+        };
+        let (base, query) = match rest.split_once('?') {
+            Some((base, query)) => (base, query),
+            None => (rest, ""),
+        };
+        let mut passed = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = || {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| invalid(format!("{key} must be a number, not {value:?}")))
+            };
+            match key {
+                "namespace" | "prefix" => {
+                    if value.is_empty()
+                        || value.contains(|c: char| c.is_whitespace() || c.is_control())
+                    {
+                        return Err(invalid(
+                            "namespace must be non-empty, without whitespace".into(),
+                        ));
+                    }
+                    config.namespace = value.to_owned();
+                }
+                "publish_buffer" => config.publish_buffer = number()?.max(1) as usize,
+                "outage_wait_ms" => config.outage_wait = Duration::from_millis(number()?),
+                "reap_interval_ms" => {
+                    config.reap_interval = Duration::from_millis(number()?.max(1))
+                }
+                "protocol" => {} // always RESP3
+                _ => passed.push(pair),
+            }
+        }
+        config.url = if passed.is_empty() {
+            format!("{scheme}://{base}")
+        } else {
+            format!("{scheme}://{base}?{}", passed.join("&"))
+        };
+        config.connection_info()?;
+        Ok(config)
+    }
+
+    /// The URL given to the Redis client, without busbar's own parameters.
+    pub fn redis_url(&self) -> &str {
+        &self.url
+    }
+
+    fn connection_info(&self) -> Result<redis::ConnectionInfo> {
+        use redis::IntoConnectionInfo;
+        let info = self
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|err| Error::InvalidUrl {
+                url: redact_url(&self.url),
+                reason: err.to_string(),
+            })?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        Ok(info
+            .set_redis_settings(settings)
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
+    }
+}
+
+/// What every part of the bus shares.
+pub(crate) struct Shared {
+    config: Arc<Config>,
+    stats: Arc<Stats>,
+    uid: String,
+    inbox_name: String,
+    inbox_prefix: String,
+    link: Arc<CommandLink>,
+    writer: Writer,
+    subscriber: Arc<Subscriber>,
+    pool: BlockingPool,
+    pending: rpc::Pending,
+    inbox: tokio::sync::OnceCell<Guard>,
+    providers: DashMap<String, usize>,
+    inflight: InFlight,
+    /// Queues (base keys) with consumers waiting on this bus, and how many.
+    waiting: DashMap<String, usize>,
+    /// Deliveries handed out and not yet settled: put back at shutdown.
+    unsettled: DashMap<(String, [u8; 16]), ()>,
+    /// Connection tasks, stopped last.
+    core_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The writer: on drop it is left to send what was queued, then ends.
+    writer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Reaper and provider loops, stopped first.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A bus over one Redis server. Usually opened through `Bus::connect("redis://...")`.
+pub struct RedisBus {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("url", &redact_url(&self.shared.config.url))
+            .field("namespace", &self.shared.config.namespace)
+            .finish()
+    }
+}
+
+impl RedisBus {
+    /// Connects to the server named by `url`.
+    pub async fn connect(url: &str) -> Result<RedisBus> {
+        Self::connect_with(Config::from_url(url)?).await
+    }
+
+    /// Connects with explicit settings.
+    pub async fn connect_with(config: Config) -> Result<RedisBus> {
+        let config = Arc::new(config);
+        let stats = Arc::new(Stats::default());
+        let opener = Arc::new(Opener::new(config.clone())?);
+        let (link, link_task) = CommandLink::connect(opener.clone(), stats.clone()).await?;
+        let (writer, writer_task) = Writer::start(link.clone(), &config);
+        let (subscriber, subscriber_task) =
+            Subscriber::connect(opener.clone(), stats.clone()).await?;
+        let uid = format!("{}", MessageId::new());
+        let shared = Arc::new(Shared {
+            inbox_name: rpc::inbox_channel(&config.namespace, &uid),
+            inbox_prefix: rpc::inbox_channel(&config.namespace, ""),
+            uid,
+            stats,
+            link,
+            writer,
+            subscriber,
+            pool: BlockingPool::new(opener),
+            pending: rpc::Pending::default(),
+            inbox: tokio::sync::OnceCell::new(),
+            providers: DashMap::new(),
+            inflight: InFlight::default(),
+            waiting: DashMap::new(),
+            unsettled: DashMap::new(),
+            core_tasks: Mutex::new(vec![link_task, subscriber_task]),
+            writer_task: Mutex::new(Some(writer_task)),
+            tasks: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+            config,
+        });
+        let reaper = tokio::spawn(reap_loop(Arc::downgrade(&shared)));
+        shared
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(reaper);
+        Ok(RedisBus { shared })
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+}
+
+impl Drop for RedisBus {
+    fn drop(&mut self) {
+        // The writer is not stopped: it sends what was published before the drop,
+        // then ends when the last reference to the bus goes.
+        for tasks in [&self.shared.tasks, &self.shared.core_tasks] {
+            for task in tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+                task.abort();
+            }
+        }
+        self.shared.pool.close();
+    }
+}
+
+/// While consumers of this bus wait, brings back items whose visibility expired.
+async fn reap_loop(bus: std::sync::Weak<Shared>) {
+    let interval = match bus.upgrade() {
+        Some(bus) => bus.config.reap_interval,
+        None => return,
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(bus) = bus.upgrade() else { return };
+        let bases: Vec<String> = bus.waiting.iter().map(|e| e.key().clone()).collect();
+        for base in bases {
+            if let Err(err) = queue::reap(&bus, &base).await {
+                tracing::debug!(%err, "queue reaper failed");
+            }
+        }
+    }
+}
+
+fn check_kind(envelope: &Envelope, kind: Kind) -> Result<()> {
+    if envelope.kind == kind {
+        Ok(())
+    } else {
+        Err(Error::Malformed(format!(
+            "expected a {kind:?}, got a {:?}",
+            envelope.kind
+        )))
+    }
+}
+
+#[async_trait]
+impl EventBus for RedisBus {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::FULL
+    }
+
+    fn stats(&self) -> &Arc<Stats> {
+        &self.shared.stats
+    }
+
+    async fn publish(&self, event: Envelope) -> Result<()> {
+        self.shared.check_open()?;
+        check_kind(&event, Kind::Event)?;
+        pubsub::publish(&self.shared, event).await
+    }
+
+    async fn subscribe(
+        &self,
+        pattern: &Pattern,
+        options: SubscribeOptions,
+    ) -> Result<RawSubscription> {
+        self.shared.check_open()?;
+        pubsub::subscribe(&self.shared, pattern, options).await
+    }
+
+    async fn queue_put(&self, item: Envelope) -> Result<()> {
+        self.shared.check_open()?;
+        queue::put(&self.shared, item).await
+    }
+
+    async fn queue_get(&self, queue: &Name, timeout: Duration) -> Result<Option<Envelope>> {
+        self.shared.check_open()?;
+        queue::get(&self.shared, queue, timeout).await
+    }
+
+    async fn queue_receive(
+        &self,
+        queue: &Name,
+        timeout: Duration,
+        visibility: Duration,
+    ) -> Result<Option<RawDelivery>> {
+        self.shared.check_open()?;
+        queue::receive(&self.shared, queue, timeout, visibility).await
+    }
+
+    async fn queue_len(&self, queue: &Name) -> Result<usize> {
+        self.shared.check_open()?;
+        queue::len(&self.shared, queue).await
+    }
+
+    async fn serve(&self, method: &Name, handler: Arc<dyn Handler>) -> Result<Guard> {
+        self.shared.check_open()?;
+        rpc::serve(&self.shared, method, handler).await
+    }
+
+    async fn call(&self, request: Envelope) -> Result<Envelope> {
+        self.shared.check_open()?;
+        check_kind(&request, Kind::Request)?;
+        rpc::call(&self.shared, request).await
+    }
+
+    async fn call_all(&self, request: Envelope) -> Result<Vec<Result<Envelope>>> {
+        self.shared.check_open()?;
+        check_kind(&request, Kind::Request)?;
+        rpc::call_all(&self.shared, request).await
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        let bus = &self.shared;
+        if bus.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Stop taking work: unsubscribe everything, stop the provider loops.
+        bus.subscriber.close();
+        for task in bus
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+        bus.pool.close();
+        // Let running handlers finish and their replies leave.
+        if !bus.inflight.wait_idle(bus.config.shutdown_grace).await {
+            tracing::warn!("shutdown: handlers still running after the grace period");
+        }
+        // Put back what this bus took and did not settle.
+        let unsettled: Vec<_> = bus.unsettled.iter().map(|e| e.key().clone()).collect();
+        for (base, id) in unsettled {
+            if bus.unsettled.remove(&(base.clone(), id)).is_some() {
+                if let Err(err) = queue::nack(bus, &base, &id).await {
+                    tracing::warn!(%err, "shutdown: could not put an unacknowledged item back");
+                }
+            }
+        }
+        // Flush the writer: a PING through the command link after queued writes.
+        flush(bus).await;
+        bus.pending.fail_all();
+        for task in bus
+            .core_tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+        if let Some(task) = bus
+            .writer_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+        bus.link.close();
+        Ok(())
+    }
+}
+
+/// Waits (bounded) until the writer has sent what was queued before.
+async fn flush(bus: &Shared) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if bus.writer.send(connection::Job::Flush(tx)).await.is_ok() {
+        let _ = tokio::time::timeout(bus.config.response_timeout, rx).await;
+    }
+}
+
+/// Opens `redis://` and `rediss://` URLs for `Bus::connect`.
+pub struct RedisConnector;
+
+#[async_trait]
+impl Connector for RedisConnector {
+    fn schemes(&self) -> &'static [&'static str] {
+        &["redis", "rediss"]
+    }
+
+    async fn connect(&self, url: &str) -> Result<Arc<dyn EventBus>> {
+        Ok(Arc::new(RedisBus::connect(url).await?))
+    }
+}
+
+busbar_core::register_connector!(RedisConnector);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_busbar_parameters_and_passes_the_rest() {
+        let config =
+            Config::from_url("redis://u:p@h:1/2?namespace=app&publish_buffer=5&foo=bar").unwrap();
+        assert_eq!(config.namespace, "app");
+        assert_eq!(config.publish_buffer, 5);
+        assert_eq!(config.redis_url(), "redis://u:p@h:1/2?foo=bar");
+    }
+
+    #[test]
+    fn refuses_other_schemes_and_bad_numbers() {
+        assert!(matches!(
+            Config::from_url("zmq://h:1"),
+            Err(Error::InvalidUrl { .. })
+        ));
+        let err = Config::from_url("redis://h:1?publish_buffer=x").unwrap_err();
+        assert!(err.to_string().contains("publish_buffer"), "{err}");
+        let err = Config::from_url("redis://:secret@h:1?namespace=").unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+}

@@ -1,0 +1,489 @@
+//! Work queues that cannot lose an item: Redis lists plus an in-flight table with
+//! a visibility timeout.
+//!
+//! Keys of queue `jobs` in namespace `ns` (the `{jobs}` hash tag keeps them on one
+//! cluster slot):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `ns:q:{jobs}` | list | items waiting (`LPUSH` in, taken from the right: FIFO) |
+//! | `ns:q:{jobs}:fly` | hash | id → item, for items handed out and not yet settled |
+//! | `ns:q:{jobs}:vis` | zset | id → when the item comes back (ms, Redis clock) |
+//! | `ns:q:{jobs}:att` | hash | id → times handed out |
+//! | `ns:q:{jobs}:p:<cid>` | list | the item a blocking pop of connection `cid` just moved |
+//! | `ns:q:{jobs}:hb:<cid>` | string | alive while that pop may still move an item |
+//! | `ns:q:{jobs}:cons` | set | connections that popped from the queue |
+//!
+//! Every take is atomic on the server: a Lua script pops the item and records it
+//! in the in-flight table with its deadline in the same step, so a reply lost with
+//! the connection costs a redelivery, never the item. A blocking wait uses
+//! `BLMOVE` into the connection's own processing list `p:<cid>` (on a connection of
+//! its own, with the server-side timeout); the item is adopted into the in-flight
+//! table right after. If that connection dies or its caller gives up, the heartbeat
+//! `hb:<cid>` expires after the pop's timeout and the reaper moves the item back.
+//! So a `get` that timed out can never swallow an item that arrives after it.
+//!
+//! `get` is a take followed by a fire-and-forget acknowledgement; `receive` hands
+//! out a delivery to `ack` (delete) or `nack` (back to the head of the queue).
+//! Unsettled items come back after their visibility timeout: any bus using the
+//! queue runs the reaper (on every take, and every `reap_interval` while it
+//! waits). Delivery is at least once: an item whose consumer died or was too slow
+//! may be processed twice.
+
+use crate::connection::{transport_error, Blocking, Job};
+use crate::pubsub::decode;
+use crate::Shared;
+use async_trait::async_trait;
+use busbar_core::transport::{Acker, RawDelivery};
+use busbar_core::{wire, Envelope, Error, Name, Result};
+use redis::{Script, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+const REAP_FN: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function reap(base, now)
+  local due = redis.call('ZRANGEBYSCORE', base .. ':vis', '-inf', now, 'LIMIT', 0, 256)
+  for _, id in ipairs(due) do
+    local item = redis.call('HGET', base .. ':fly', id)
+    redis.call('ZREM', base .. ':vis', id)
+    redis.call('HDEL', base .. ':fly', id)
+    if item then redis.call('RPUSH', base, item) end
+  end
+  if redis.call('SET', base .. ':reap', '1', 'NX', 'PX', 250) then
+    for _, cid in ipairs(redis.call('SMEMBERS', base .. ':cons')) do
+      if redis.call('EXISTS', base .. ':hb:' .. cid) == 0 then
+        local p = base .. ':p:' .. cid
+        local item = redis.call('RPOP', p)
+        while item do
+          redis.call('RPUSH', base, item)
+          item = redis.call('RPOP', p)
+        end
+        redis.call('SREM', base .. ':cons', cid)
+      end
+    end
+  end
+end
+local function park(base, item, now, visibility)
+  local id = string.sub(item, 5, 20)
+  redis.call('HSET', base .. ':fly', id, item)
+  redis.call('ZADD', base .. ':vis', now + visibility, id)
+  return {item, redis.call('HINCRBY', base .. ':att', id, 1)}
+end
+";
+
+/// Reaps, then takes the next item into the in-flight table. KEYS[1] = base,
+/// ARGV[1] = visibility (ms). Returns `{item, attempt}` or nil.
+static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{REAP_FN}
+local base = KEYS[1]
+local now = now_ms()
+reap(base, now)
+local item = redis.call('RPOP', base)
+if not item then return false end
+return park(base, item, now, tonumber(ARGV[1]))"
+    ))
+});
+
+/// Adopts the item a blocking pop moved into `p:<cid>`. KEYS[1] = base,
+/// ARGV[1] = cid, ARGV[2] = visibility (ms).
+static ADOPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{REAP_FN}
+local base = KEYS[1]
+local item = redis.call('LPOP', base .. ':p:' .. ARGV[1])
+redis.call('DEL', base .. ':hb:' .. ARGV[1])
+if not item then return false end
+return park(base, item, now_ms(), tonumber(ARGV[2]))"
+    ))
+});
+
+/// Puts an in-flight item back at the head of the queue. KEYS[1] = base, ARGV[1] = id.
+static NACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local base = KEYS[1]
+if redis.call('ZREM', base .. ':vis', ARGV[1]) == 1 then
+  local item = redis.call('HGET', base .. ':fly', ARGV[1])
+  redis.call('HDEL', base .. ':fly', ARGV[1])
+  if item then redis.call('RPUSH', base, item) end
+  return 1
+end
+return 0",
+    )
+});
+
+/// Reaps and returns the number of waiting items. KEYS[1] = base.
+static REAP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{REAP_FN}
+reap(KEYS[1], now_ms())
+return redis.call('LLEN', KEYS[1])"
+    ))
+});
+
+/// The base key of `queue`.
+pub(crate) fn base_key(namespace: &str, queue: &str) -> String {
+    format!("{namespace}:q:{{{queue}}}")
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+/// `LPUSH`es the item; returns once Redis stored it.
+pub(crate) async fn put(bus: &Shared, item: Envelope) -> Result<()> {
+    let bytes = wire::encode(&item)?;
+    let base = base_key(&bus.config.namespace, item.subject.as_str());
+    let conn = bus.link.get(bus.config.outage_wait).await?;
+    let mut c = conn.conn.clone();
+    let result = redis::cmd("LPUSH")
+        .arg(&base)
+        .arg(&bytes[..])
+        .exec_async(&mut c)
+        .await;
+    conn.check(result)
+}
+
+/// Items waiting (reaping expired in-flight items first, so they count).
+pub(crate) async fn len(bus: &Shared, queue: &Name) -> Result<usize> {
+    let base = base_key(&bus.config.namespace, queue.as_str());
+    let conn = bus.link.get(bus.config.outage_wait).await?;
+    let mut c = conn.conn.clone();
+    let result = REAP.key(&base).invoke_async::<usize>(&mut c).await;
+    conn.check(result)
+}
+
+/// Reaps `base` (the periodic reaper).
+pub(crate) async fn reap(bus: &Shared, base: &str) -> Result<()> {
+    let conn = bus.link.get(bus.config.outage_wait).await?;
+    let mut c = conn.conn.clone();
+    let result = REAP.key(base).invoke_async::<usize>(&mut c).await;
+    conn.check(result).map(drop)
+}
+
+/// A taken item: the envelope, its attempt number, and where it is in flight.
+struct Taken {
+    envelope: Envelope,
+    attempt: u32,
+    base: String,
+    id: [u8; 16],
+}
+
+/// `get`: takes one item and acknowledges it at once.
+pub(crate) async fn get(
+    bus: &Arc<Shared>,
+    queue: &Name,
+    timeout: Duration,
+) -> Result<Option<Envelope>> {
+    let visibility = bus.config.get_visibility;
+    match take(bus, queue, timeout, visibility).await? {
+        None => Ok(None),
+        Some(taken) => {
+            settle_later(bus, &taken.base, &taken.id).await;
+            Ok(Some(taken.envelope))
+        }
+    }
+}
+
+/// `receive`: takes one item for acknowledged processing.
+pub(crate) async fn receive(
+    bus: &Arc<Shared>,
+    queue: &Name,
+    timeout: Duration,
+    visibility: Duration,
+) -> Result<Option<RawDelivery>> {
+    let Some(taken) = take(bus, queue, timeout, visibility).await? else {
+        return Ok(None);
+    };
+    let acker = RedisAcker {
+        bus: bus.clone(),
+        base: taken.base.clone(),
+        id: taken.id,
+        settled: AtomicBool::new(false),
+    };
+    bus.unsettled.insert((taken.base, taken.id), ());
+    Ok(Some(RawDelivery::new(
+        taken.envelope,
+        taken.attempt,
+        Box::new(acker),
+    )))
+}
+
+async fn take(
+    bus: &Arc<Shared>,
+    queue: &Name,
+    timeout: Duration,
+    visibility: Duration,
+) -> Result<Option<Taken>> {
+    let base = base_key(&bus.config.namespace, queue.as_str());
+    let deadline = tokio::time::Instant::now() + timeout;
+    let visibility_ms = millis(visibility).max(1);
+    loop {
+        bus.check_open()?;
+        // Fast path: an item is there (no dedicated connection needed).
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let conn = bus.link.get(remaining.max(Duration::from_millis(1))).await;
+        match conn {
+            Ok(conn) => {
+                let mut c = conn.conn.clone();
+                let result = TAKE
+                    .key(&base)
+                    .arg(visibility_ms)
+                    .invoke_async::<Value>(&mut c)
+                    .await;
+                match conn.check(result) {
+                    Ok(value) => {
+                        if let Some(taken) = parse_taken(bus, &base, value).await {
+                            return Ok(Some(taken));
+                        }
+                    }
+                    Err(err) if tokio::time::Instant::now() >= deadline => return Err(err),
+                    Err(err) => tracing::debug!(%err, "queue take failed; retrying"),
+                }
+            }
+            Err(Error::Closed) => return Err(Error::Closed),
+            Err(_) => {}
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if remaining < Duration::from_millis(1) {
+            return Ok(None);
+        }
+        // Slow path: wait on a connection of our own.
+        match wait(bus, &base, remaining, visibility_ms).await {
+            Ok(Some(value)) => {
+                if let Some(taken) = parse_taken(bus, &base, value).await {
+                    return Ok(Some(taken));
+                }
+            }
+            Ok(None) => return Ok(None),
+            Err(Error::Closed) => return Err(Error::Closed),
+            Err(err) => {
+                tracing::debug!(%err, "blocking queue pop failed; retrying");
+                let pause = Duration::from_millis(50)
+                    .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                tokio::time::sleep(pause).await;
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// Blocks on `BLMOVE` into this connection's processing list, then adopts the item.
+/// `Ok(None)` when the server-side timeout passed with nothing there.
+async fn wait(
+    bus: &Arc<Shared>,
+    base: &str,
+    timeout: Duration,
+    visibility_ms: u64,
+) -> Result<Option<Value>> {
+    let mut blocking = bus.pool.take().await?;
+    let _waiting = Waiting::enter(bus, base);
+    let cid = blocking.id_text(bus);
+    let processing = format!("{base}:p:{cid}");
+    let heartbeat = format!("{base}:hb:{cid}");
+    let grace = bus.config.response_timeout;
+    let mut pipe = redis::pipe();
+    pipe.cmd("SADD")
+        .arg(format!("{base}:cons"))
+        .arg(&cid)
+        .ignore();
+    pipe.cmd("SET")
+        .arg(&heartbeat)
+        .arg(1)
+        .arg("PX")
+        .arg(millis(timeout + grace * 2))
+        .ignore();
+    pipe.cmd("BLMOVE")
+        .arg(base)
+        .arg(&processing)
+        .arg("RIGHT")
+        .arg("LEFT")
+        .arg(format!("{:.3}", timeout.as_secs_f64().max(0.001)));
+    let popped = tokio::time::timeout(
+        timeout + grace,
+        pipe.query_async::<(Option<Vec<u8>>,)>(&mut blocking.conn),
+    )
+    .await;
+    let popped = match popped {
+        Ok(Ok((item,))) => item,
+        // The connection is dropped here; if the pop still moves an item, the
+        // heartbeat expires and the reaper puts it back.
+        Ok(Err(err)) => return Err(transport_error(err)),
+        Err(_) => return Err(Error::transport("redis did not end a blocking pop in time")),
+    };
+    if popped.is_none() {
+        bus.pool.give_back(blocking);
+        return Ok(None);
+    }
+    let adopted = tokio::time::timeout(
+        grace,
+        ADOPT
+            .key(base)
+            .arg(&cid)
+            .arg(visibility_ms)
+            .invoke_async::<Value>(&mut blocking.conn),
+    )
+    .await;
+    match adopted {
+        Ok(Ok(value)) => {
+            bus.pool.give_back(blocking);
+            Ok(Some(value))
+        }
+        Ok(Err(err)) => Err(transport_error(err)),
+        Err(_) => Err(Error::transport("redis did not answer in time")),
+    }
+}
+
+impl Blocking {
+    fn id_text(&self, bus: &Shared) -> String {
+        format!("{}-{}", bus.uid, self.id)
+    }
+}
+
+/// Marks a queue as waited on by this bus, so the periodic reaper visits it.
+struct Waiting<'a> {
+    bus: &'a Shared,
+    base: String,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(bus: &'a Shared, base: &str) -> Self {
+        *bus.waiting.entry(base.to_owned()).or_insert(0) += 1;
+        Waiting {
+            bus,
+            base: base.to_owned(),
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.bus.waiting.remove_if_mut(&self.base, |_, count| {
+            *count -= 1;
+            *count == 0
+        });
+    }
+}
+
+/// Turns a take's reply into an item. A malformed item is counted, logged and
+/// removed (it could never be processed); `None` then, and the caller takes again.
+async fn parse_taken(bus: &Arc<Shared>, base: &str, value: Value) -> Option<Taken> {
+    let Value::Array(mut parts) = value else {
+        return None;
+    };
+    if parts.len() != 2 {
+        return None;
+    }
+    let attempt = match parts.pop() {
+        Some(Value::Int(n)) => n.clamp(1, u32::MAX as i64) as u32,
+        _ => 1,
+    };
+    let Some(Value::BulkString(item)) = parts.pop() else {
+        return None;
+    };
+    let mut id = [0u8; 16];
+    if item.len() >= 20 {
+        id.copy_from_slice(&item[4..20]);
+    }
+    let item = bytes::Bytes::from(item);
+    match decode(&item, bus.config.max_envelope, &bus.stats) {
+        Some(envelope) => Some(Taken {
+            envelope,
+            attempt,
+            base: base.to_owned(),
+            id,
+        }),
+        None => {
+            // Only a valid envelope has a meaningful id: drop by the raw id bytes.
+            settle_later(bus, base, &id).await;
+            None
+        }
+    }
+}
+
+/// Acknowledges through the ordered writer, without waiting for Redis.
+async fn settle_later(bus: &Shared, base: &str, id: &[u8; 16]) {
+    for cmd in settle_commands(base, id) {
+        if let Err(err) = bus.writer.send(Job::Command(cmd)).await {
+            tracing::warn!(%err, "could not acknowledge a queue item; it will be delivered again");
+            return;
+        }
+    }
+}
+
+fn settle_commands(base: &str, id: &[u8; 16]) -> [redis::Cmd; 3] {
+    let mut zrem = redis::cmd("ZREM");
+    zrem.arg(format!("{base}:vis")).arg(&id[..]);
+    let mut fly = redis::cmd("HDEL");
+    fly.arg(format!("{base}:fly")).arg(&id[..]);
+    let mut att = redis::cmd("HDEL");
+    att.arg(format!("{base}:att")).arg(&id[..]);
+    [zrem, fly, att]
+}
+
+/// Settles one delivery.
+struct RedisAcker {
+    bus: Arc<Shared>,
+    base: String,
+    id: [u8; 16],
+    settled: AtomicBool,
+}
+
+impl RedisAcker {
+    fn settle_once(&self) -> Result<()> {
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return Err(Error::Closed);
+        }
+        if self
+            .bus
+            .unsettled
+            .remove(&(self.base.clone(), self.id))
+            .is_none()
+        {
+            // Shutdown already put it back.
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Acker for RedisAcker {
+    async fn ack(&self) -> Result<()> {
+        self.settle_once()?;
+        let conn = self.bus.link.get(self.bus.config.outage_wait).await?;
+        let mut c = conn.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for cmd in settle_commands(&self.base, &self.id) {
+            pipe.add_command(cmd).ignore();
+        }
+        let result = pipe.exec_async(&mut c).await;
+        conn.check(result)
+    }
+
+    async fn nack(&self) -> Result<()> {
+        self.settle_once()?;
+        nack(&self.bus, &self.base, &self.id).await
+    }
+}
+
+/// Puts an in-flight item back at the head of its queue.
+pub(crate) async fn nack(bus: &Shared, base: &str, id: &[u8; 16]) -> Result<()> {
+    let conn = bus.link.get(bus.config.outage_wait).await?;
+    let mut c = conn.conn.clone();
+    let result = NACK
+        .key(base)
+        .arg(&id[..])
+        .invoke_async::<i64>(&mut c)
+        .await;
+    conn.check(result).map(drop)
+}
