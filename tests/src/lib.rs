@@ -15,7 +15,7 @@
 //!
 //! The rules live in one module per concern, each test a `pub async fn` taking a
 //! [`Harness`] whose doc states the rule it checks:
-//! [`pubsub`], [`queue`], [`rpc`], [`lifecycle`] and [`names`].
+//! [`pubsub`], [`queue`], [`rpc`], [`names`], [`limits`] and [`lifecycle`].
 //!
 //! Waits are bounded ([`within`], [`within_long`]) and never sleep: a test waits
 //! for the event itself. To show that something does *not* arrive, a test
@@ -31,12 +31,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod lifecycle;
+pub mod limits;
 pub mod names;
 pub mod pubsub;
 pub mod queue;
 pub mod rpc;
 
 pub use lifecycle::*;
+pub use limits::*;
 pub use names::*;
 pub use pubsub::*;
 pub use queue::*;
@@ -171,6 +173,7 @@ macro_rules! suite {
             star_matches_exactly_one_segment,
             star_matches_a_middle_segment,
             gt_matches_one_or_more_trailing_segments,
+            mixed_wildcards_match_exactly,
             overlapping_subscriptions_on_one_bus_each_deliver_once,
             literal_and_gt_subscriptions_each_deliver_once,
             live_on_return_across_buses,
@@ -210,6 +213,7 @@ macro_rules! suite {
             queue_stats_move,
             // RPC
             rpc_single_call,
+            provider_live_on_return,
             call_is_answered_by_exactly_one_provider,
             call_all_gathers_every_provider_promptly,
             call_all_reports_a_timeout_for_a_slow_provider,
@@ -233,6 +237,12 @@ macro_rules! suite {
             invalid_event_topic_is_rejected,
             unusual_valid_names_are_taken_literally,
             longest_name_is_accepted,
+            // limits and re-entrancy
+            large_payload_round_trips,
+            oversized_payload_is_rejected_before_sending,
+            get_with_zero_timeout_polls,
+            handler_can_publish,
+            handler_can_call_another_method,
             // lifecycle
             shutdown_makes_every_call_closed,
             shutdown_leaves_other_buses_working,

@@ -259,6 +259,37 @@ pub async fn gt_matches_one_or_more_trailing_segments(h: Harness) {
     assert_eq!(next_ok("the sentinel", &mut sub).await, end);
 }
 
+/// Patterns mixing `*` and `>` (`p.*.b.>`) match exactly the topics both rules allow.
+pub async fn mixed_wildcards_match_exactly(h: Harness) {
+    let bus = h.bus().await;
+    let publisher = h.bus().await;
+    let Some(mut sub) = pattern_sub::<String>(&bus, &h.name("p.*.b.>")).await else {
+        return;
+    };
+    let matching = [h.name("p.a.b.c"), h.name("p.x.b.c.d")];
+    for topic in [
+        h.name("p.a.b.c"),
+        h.name("p.a.b"),
+        h.name("p.a.c.d"),
+        h.name("p.a.x.b.c"),
+        h.name("p.b.c"),
+        h.name("q.a.b.c"),
+        h.name("p.x.b.c.d"),
+    ] {
+        ok("publish", publisher.publish_to(&topic, &topic).await);
+    }
+    for want in matching {
+        assert_eq!(next_ok("a matching event", &mut sub).await, want);
+    }
+    let end = h.name("p.end.b.end");
+    ok("publish", publisher.publish_to(&end, &end).await);
+    assert_eq!(
+        next_ok("the sentinel", &mut sub).await,
+        end,
+        "a non-matching topic got through"
+    );
+}
+
 /// Overlapping subscriptions on one bus (`p.>`, `p.a.*` and the same `p.>`
 /// twice) each get a matching event exactly once.
 pub async fn overlapping_subscriptions_on_one_bus_each_deliver_once(h: Harness) {

@@ -65,6 +65,28 @@ pub async fn rpc_single_call(h: Harness) {
     );
 }
 
+/// Live on return for providers: a call from another bus right after `expose`
+/// returned reaches the new provider (repeated on fresh buses and methods).
+pub async fn provider_live_on_return(h: Harness) {
+    let client = h.bus().await;
+    if !has_rpc(&client, &h.name("fresh")).await {
+        return;
+    }
+    for round in 0..10i64 {
+        let method = h.name(&format!("fresh{round}"));
+        let server = h.bus().await;
+        let _provider = doubler(&server, &method).await.expect("rpc is declared");
+        let stub = ok("stub", client.stub::<i64, i64>(&method));
+        assert_eq!(
+            ok(
+                "call",
+                within(&format!("round {round}"), stub.call(&round)).await
+            ),
+            round * 2
+        );
+    }
+}
+
 /// `call` is answered by exactly one provider, load-balanced: with three
 /// providers on three buses, 60 calls run the handlers 60 times in all, and
 /// every provider takes part.
