@@ -133,6 +133,83 @@ pub fn assert_unsupported<T>(what: &str, result: Result<T>) {
     }
 }
 
+/// True when `bus` declares work queues; otherwise asserts that `put`, `get`
+/// and `len` on the queue `name` answer `Unsupported`, and returns false.
+pub async fn has_queues(bus: &Bus, name: &str) -> bool {
+    if bus.capabilities().queues {
+        return true;
+    }
+    let queue = ok("queue", bus.queue::<u32>(name));
+    assert_unsupported("queue put", queue.put(&1).await);
+    assert_unsupported("queue get", queue.get(Duration::from_millis(200)).await);
+    assert_unsupported("queue len", queue.len().await);
+    false
+}
+
+/// True when `bus` declares queues with acknowledged receive; otherwise asserts
+/// that the missing operations on the queue `name` answer `Unsupported`, and
+/// returns false.
+pub async fn has_acks(bus: &Bus, name: &str) -> bool {
+    if !has_queues(bus, name).await {
+        return false;
+    }
+    if bus.capabilities().acks {
+        return true;
+    }
+    let queue = ok("queue", bus.queue::<u32>(name));
+    assert_unsupported(
+        "queue receive",
+        queue.receive(Duration::from_millis(200)).await,
+    );
+    false
+}
+
+/// True when `bus` declares RPC; otherwise asserts that `expose` and `call` of
+/// `method` answer `Unsupported`, and returns false.
+pub async fn has_rpc(bus: &Bus, method: &str) -> bool {
+    if bus.capabilities().rpc {
+        return true;
+    }
+    assert_unsupported(
+        "expose",
+        bus.expose(
+            method,
+            |x: u32| async move { Ok::<_, busbar_core::Fault>(x) },
+        )
+        .await,
+    );
+    let stub = ok("stub", bus.stub::<u32, u32>(method));
+    assert_unsupported("call", stub.call(&1).await);
+    false
+}
+
+/// True when `bus` declares RPC and `call_all`; otherwise asserts that the
+/// missing operations on `method` answer `Unsupported`, and returns false.
+pub async fn has_call_all(bus: &Bus, method: &str) -> bool {
+    if !has_rpc(bus, method).await {
+        return false;
+    }
+    if bus.capabilities().call_all {
+        return true;
+    }
+    let stub = ok("stub", bus.stub::<u32, u32>(method));
+    assert_unsupported("call_all", stub.call_all(&1).await);
+    false
+}
+
+/// True when `bus` declares wildcard subscriptions; otherwise asserts that
+/// subscribing to `pattern` answers `Unsupported`, and returns false.
+pub async fn has_patterns(bus: &Bus, pattern: &str) -> bool {
+    if bus.capabilities().patterns {
+        return true;
+    }
+    assert_unsupported(
+        "a wildcard subscription",
+        bus.subscribe_pattern(pattern).await,
+    );
+    false
+}
+
 /// Asserts that `result` is [`Error::Closed`].
 pub fn assert_closed<T>(what: &str, result: Result<T>) {
     match result {

@@ -2,7 +2,7 @@
 //! timeouts, `len`, acknowledged receive and dead letters.
 
 use crate::pubsub::Point;
-use crate::{assert_unsupported, ok, within, within_long, Harness, WAIT};
+use crate::{has_acks, has_queues, ok, within, within_long, Harness, WAIT};
 use busbar_core::{Bus, Error, Name, Queue};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,24 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// A short wait for a `get` that is expected to find an item already there.
-const SHORT: Duration = Duration::from_millis(200);
-
-/// The queue `name` on `bus`; `None` (after checking that every queue operation
-/// answers `Unsupported`) when the transport declares no queues.
+/// The queue `name` on `bus`; `None` (after checking that queue operations
+/// answer `Unsupported`) when the transport declares no queues.
 async fn queue_on<T>(bus: &Bus, name: &str) -> Option<Queue<T>>
 where
     T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
 {
-    let queue = ok("queue", bus.queue::<T>(name));
-    if bus.capabilities().queues {
-        return Some(queue);
-    }
-    assert_unsupported("queue len", queue.len().await);
-    assert_unsupported("queue get", queue.get(SHORT).await);
-    let probe = ok("queue", bus.queue::<u32>(name));
-    assert_unsupported("queue put", probe.put(&1).await);
-    None
+    has_queues(bus, name)
+        .await
+        .then(|| ok("queue", bus.queue::<T>(name)))
 }
 
 /// Like [`queue_on`], and also `None` (after checking `receive` answers
@@ -36,12 +27,9 @@ async fn acked_queue_on<T>(bus: &Bus, name: &str) -> Option<Queue<T>>
 where
     T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
 {
-    let queue = queue_on::<T>(bus, name).await?;
-    if bus.capabilities().acks {
-        return Some(queue);
-    }
-    assert_unsupported("queue receive", queue.receive(SHORT).await);
-    None
+    has_acks(bus, name)
+        .await
+        .then(|| ok("queue", bus.queue::<T>(name)))
 }
 
 /// Takes the next item, which must come within [`WAIT`].
@@ -271,7 +259,7 @@ pub async fn get_timeout_returns_none_on_time(h: Harness) {
             "get({timeout:?}) returned late, after {elapsed:?}"
         );
     }
-    if bus.capabilities().acks {
+    if has_acks(&bus, &h.name("empty")).await {
         let timeout = Duration::from_millis(300);
         let started = Instant::now();
         let got = ok(
