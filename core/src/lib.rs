@@ -15,6 +15,7 @@ pub mod codec;
 mod envelope;
 mod error;
 mod event;
+pub mod fallback;
 pub mod global;
 pub mod inflight;
 mod kind_probe;

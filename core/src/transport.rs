@@ -115,6 +115,12 @@ impl RawSubscription {
     pub fn pattern(&self) -> &Pattern {
         &self.pattern
     }
+
+    /// Takes the guard out: the subscription then ends when the returned guard
+    /// drops (its stream ends too), not when this stream is dropped.
+    pub fn take_guard(&mut self) -> Guard {
+        std::mem::replace(&mut self._guard, Guard::noop())
+    }
 }
 
 impl Stream for RawSubscription {
@@ -224,6 +230,16 @@ pub trait EventBus: Send + Sync + 'static {
 
     /// Publishes an event to every matching subscription.
     async fn publish(&self, event: Envelope) -> Result<()>;
+
+    /// Publishes like [`publish`](EventBus::publish) and tells how many
+    /// subscriptions the event reached, where the transport knows (Redis
+    /// `PUBLISH` answers it, a broker can count). `None` when it cannot tell.
+    ///
+    /// [`RpcOverPubSub`](crate::fallback::RpcOverPubSub) needs it to answer
+    /// `NoResponders` at once and to know how many `call_all` answers to await.
+    async fn publish_reaching(&self, event: Envelope) -> Result<Option<usize>> {
+        self.publish(event).await.map(|()| None)
+    }
 
     /// Subscribes to `pattern`; the subscription is live end to end on return.
     async fn subscribe(

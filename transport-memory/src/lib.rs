@@ -130,6 +130,11 @@ impl EventBus for MemoryBus {
         Ok(())
     }
 
+    async fn publish_reaching(&self, event: Envelope) -> Result<Option<usize>> {
+        self.check_open()?;
+        Ok(Some(self.hub.subscriptions.publish(&event)))
+    }
+
     async fn subscribe(
         &self,
         pattern: &Pattern,

@@ -79,25 +79,31 @@ impl Table {
         self.pattern_count.store(patterns.len(), Ordering::Release);
     }
 
-    /// Hands `event` to every matching subscription. Each subscription is one
-    /// entry, so it gets the event once however its pattern matches.
-    pub(crate) fn publish(&self, event: &Envelope) {
+    /// Hands `event` to every matching subscription and says how many it reached
+    /// (a subscriber that lagged was reached: it is told what it missed). Each
+    /// subscription is one entry, so it gets the event once however it matches.
+    pub(crate) fn publish(&self, event: &Envelope) -> usize {
         let topic: &Name = &event.subject;
+        let mut reached = 0;
         let mut closed = false;
+        let mut deliver = |entry: &Entry| match entry.sender.deliver(event.clone()) {
+            Delivered::Closed => closed = true,
+            Delivered::Queued | Delivered::Dropped => reached += 1,
+        };
         if let Some(entries) = self.exact.get(topic.as_str()) {
-            for entry in entries.iter() {
-                closed |= entry.sender.deliver(event.clone()) == Delivered::Closed;
-            }
+            entries.iter().for_each(&mut deliver);
         }
         if self.pattern_count.load(Ordering::Acquire) > 0 {
             let patterns = self.patterns.read().unwrap_or_else(|p| p.into_inner());
-            for entry in patterns.iter().filter(|e| e.pattern.matches(topic)) {
-                closed |= entry.sender.deliver(event.clone()) == Delivered::Closed;
-            }
+            patterns
+                .iter()
+                .filter(|e| e.pattern.matches(topic))
+                .for_each(&mut deliver);
         }
         if closed {
             // A subscriber dropped its stream before its guard ran; forget it.
             drop(self.remove_where(None, |e| e.sender.is_closed()));
         }
+        reached
     }
 }
