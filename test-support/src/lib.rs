@@ -105,17 +105,21 @@ impl RedisServer {
     /// before the restart is there after it. `while_down` runs while the server is
     /// stopped. Waits until the new server answers `PING`.
     pub fn restart(&mut self, while_down: impl FnOnce()) {
-        if self.persistent {
-            // Flush the append-only file so nothing acknowledged is lost.
-            let _ = self.command(&["BGREWRITEAOF"]);
-            let _ = wait_until(Duration::from_secs(5), || {
-                self.command(&["INFO", "persistence"])
-                    .map(|info| info.contains("aof_rewrite_in_progress:0"))
-                    .unwrap_or(false)
-            });
-        }
-        self.kill();
+        self.stop();
         while_down();
+        self.resume();
+    }
+
+    /// Kills the server (`kill -9`, like a crash); [`resume`](Self::resume) starts it again.
+    /// A persistent server's append-only file is fsynced on every write, so
+    /// everything it acknowledged survives.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts a [`stop`](Self::stop)ped server again on the same port and data
+    /// directory, and waits until it answers `PING`.
+    pub fn resume(&mut self) {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             // The port can stay busy for a moment after the kill: retry until free.
@@ -252,17 +256,6 @@ fn fresh_dir() -> PathBuf {
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(5)..].join("\n")
-}
-
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
 }
 
 /// Sends `args` as a RESP array and reads one reply (simple line, or a bulk string).

@@ -283,7 +283,7 @@ async fn supervise(link: std::sync::Weak<CommandLink>, mut lost: mpsc::Unbounded
 /// and nothing else waits behind it.
 pub(crate) struct BlockingPool {
     opener: Arc<Opener>,
-    idle: Mutex<Vec<(u64, MultiplexedConnection)>>,
+    idle: Mutex<Vec<Blocking>>,
     next_id: AtomicU64,
     closed: AtomicBool,
 }
@@ -291,6 +291,8 @@ pub(crate) struct BlockingPool {
 /// A blocking connection and its id (unique within the bus, used in key names).
 pub(crate) struct Blocking {
     pub(crate) id: u64,
+    /// The server's `CLIENT ID` of this connection, for `CLIENT UNBLOCK`.
+    pub(crate) client_id: i64,
     pub(crate) conn: MultiplexedConnection,
 }
 
@@ -309,16 +311,28 @@ impl BlockingPool {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        if let Some((id, conn)) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(Blocking { id, conn });
+        if let Some(blocking) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(blocking);
         }
-        let conn = self
+        let mut conn = self
             .opener
             .open(None, None)
             .await
             .map_err(transport_error)?;
+        let response_timeout = self.opener.config().response_timeout;
+        let client_id = tokio::time::timeout(
+            response_timeout,
+            redis::cmd("CLIENT").arg("ID").query_async::<i64>(&mut conn),
+        )
+        .await
+        .map_err(|_| Error::transport("redis did not answer CLIENT ID in time"))?
+        .map_err(transport_error)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Ok(Blocking { id, conn })
+        Ok(Blocking {
+            id,
+            client_id,
+            conn,
+        })
     }
 
     /// Returns a healthy connection for reuse (at most a few are kept).
@@ -328,7 +342,7 @@ impl BlockingPool {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < 16 {
-            idle.push((blocking.id, blocking.conn));
+            idle.push(blocking);
         }
     }
 
@@ -407,6 +421,11 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Queues `job` without waiting (for clean-up from `Drop`); false when full or closed.
+    pub(crate) fn send_now(&self, job: Job) -> bool {
+        self.tx.try_send(job).is_ok()
     }
 
     fn full(&self) -> Error {

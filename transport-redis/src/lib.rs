@@ -194,7 +194,10 @@ pub(crate) struct Shared {
     pool: BlockingPool,
     pending: rpc::Pending,
     inbox: tokio::sync::OnceCell<Guard>,
+    /// Providers of each method on this bus (each answers a `call_all`).
     providers: DashMap<String, usize>,
+    /// Live providers, stopped at shutdown.
+    serving: DashMap<MessageId, Arc<rpc::Serving>>,
     inflight: InFlight,
     /// Queues (base keys) with consumers waiting on this bus, and how many.
     waiting: DashMap<String, usize>,
@@ -261,6 +264,7 @@ impl RedisBus {
             pending: rpc::Pending::default(),
             inbox: tokio::sync::OnceCell::new(),
             providers: DashMap::new(),
+            serving: DashMap::new(),
             inflight: InFlight::default(),
             waiting: DashMap::new(),
             unsettled: DashMap::new(),
@@ -293,6 +297,9 @@ impl Drop for RedisBus {
             for task in tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
                 task.abort();
             }
+        }
+        for serving in self.shared.serving.iter() {
+            serving.value().abort();
         }
         self.shared.pool.close();
     }
@@ -405,7 +412,11 @@ impl EventBus for RedisBus {
         if bus.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        // Stop taking work: unsubscribe everything, stop the provider loops.
+        // Stop taking work: providers first (callers of a method nobody else
+        // serves get "no responders" now instead of a timeout), then the rest.
+        let serving: Vec<_> = bus.serving.iter().map(|e| e.value().clone()).collect();
+        bus.serving.clear();
+        futures::future::join_all(serving.iter().map(|s| s.stop(bus))).await;
         bus.subscriber.close();
         for task in bus
             .tasks

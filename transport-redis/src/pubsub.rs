@@ -80,6 +80,8 @@ impl Registry {
 enum Control {
     Subscribe(Topic, oneshot::Sender<()>),
     Unsubscribe(Topic),
+    /// Answered once every change sent before it reached Redis.
+    Sync(oneshot::Sender<()>),
 }
 
 /// The subscriber connection of a bus.
@@ -155,6 +157,21 @@ impl Subscriber {
         }
     }
 
+    /// Waits until every subscription change made before reached Redis.
+    pub(crate) async fn sync(&self) -> Result<()> {
+        let (done, synced) = oneshot::channel();
+        self.control
+            .send(Control::Sync(done))
+            .map_err(|_| Error::Closed)?;
+        match tokio::time::timeout(self.outage_wait, synced).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::transport(
+                "redis did not confirm in time (unreachable?)",
+            )),
+        }
+    }
+
     /// Stops the connection task (it unsubscribes by closing the connection).
     pub(crate) fn close(&self) {
         self.registry
@@ -222,6 +239,11 @@ impl Owner {
     }
 
     async fn execute(&mut self, request: Control) {
+        if let Control::Sync(done) = request {
+            // Changes are applied in order, and a reconnect replays the registry.
+            let _ = done.send(());
+            return;
+        }
         let Some(conn) = self.conn.as_mut() else {
             if let Control::Subscribe(_, done) = request {
                 self.waiting.push(done);
@@ -234,6 +256,7 @@ impl Owner {
             Control::Unsubscribe(topic) if self.registry.is_used(topic) => Ok(()),
             Control::Unsubscribe(Topic::Channel(c)) => conn.unsubscribe(c).await,
             Control::Unsubscribe(Topic::Glob(g)) => conn.punsubscribe(g).await,
+            Control::Sync(_) => Ok(()),
         };
         match result {
             Ok(()) => {

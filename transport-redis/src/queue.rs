@@ -307,6 +307,17 @@ async fn wait(
         .arg("RIGHT")
         .arg("LEFT")
         .arg(format!("{:.3}", timeout.as_secs_f64().max(0.001)));
+    // If this future is dropped (the caller gave up) or fails before the pop
+    // returns, the guard unblocks the pop on the server and returns anything it
+    // moved. Should even that fail, the heartbeat expires and the reaper does it.
+    let mut abandon = Abandon {
+        bus,
+        client_id: blocking.client_id,
+        base,
+        processing: &processing,
+        heartbeat: &heartbeat,
+        armed: true,
+    };
     let popped = tokio::time::timeout(
         timeout + grace,
         pipe.query_async::<(Option<Vec<u8>>,)>(&mut blocking.conn),
@@ -314,11 +325,10 @@ async fn wait(
     .await;
     let popped = match popped {
         Ok(Ok((item,))) => item,
-        // The connection is dropped here; if the pop still moves an item, the
-        // heartbeat expires and the reaper puts it back.
         Ok(Err(err)) => return Err(transport_error(err)),
         Err(_) => return Err(Error::transport("redis did not end a blocking pop in time")),
     };
+    abandon.armed = false;
     if popped.is_none() {
         bus.pool.give_back(blocking);
         return Ok(None);
@@ -339,6 +349,41 @@ async fn wait(
         }
         Ok(Err(err)) => Err(transport_error(err)),
         Err(_) => Err(Error::transport("redis did not answer in time")),
+    }
+}
+
+/// Cleans up after a blocking pop whose reply will never be read.
+struct Abandon<'a> {
+    bus: &'a Shared,
+    client_id: i64,
+    base: &'a str,
+    processing: &'a str,
+    heartbeat: &'a str,
+    armed: bool,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // In this order: once unblocked the pop cannot move anything more, then
+        // whatever it moved already goes back to the head of the queue.
+        let mut unblock = redis::cmd("CLIENT");
+        unblock.arg("UNBLOCK").arg(self.client_id);
+        let mut back = redis::cmd("LMOVE");
+        back.arg(self.processing)
+            .arg(self.base)
+            .arg("LEFT")
+            .arg("RIGHT");
+        let mut forget = redis::cmd("DEL");
+        forget.arg(self.heartbeat);
+        for cmd in [unblock, back, forget] {
+            if !self.bus.writer.send_now(Job::Command(cmd)) {
+                tracing::debug!("could not clean up an abandoned pop now; the reaper will");
+                return;
+            }
+        }
     }
 }
 

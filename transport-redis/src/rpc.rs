@@ -21,12 +21,13 @@
 use crate::connection::{Backoff, Job};
 use crate::pubsub::{decode, Route, Topic};
 use crate::Shared;
-use busbar_core::reply::respond;
+use busbar_core::reply::{error_reply, respond};
 use busbar_core::transport::{Guard, Handler};
-use busbar_core::{wire, Envelope, Error, Kind, MessageId, Name, Result, Stats};
+use busbar_core::{wire, Envelope, Error, Fault, Kind, MessageId, Name, Result, Stats};
 use bytes::Bytes;
 use dashmap::DashMap;
 use redis::{Script, Value};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
@@ -35,6 +36,10 @@ use tokio::sync::{mpsc, Semaphore};
 const SOURCE_HEADER: &str = "busbar-source";
 /// Header telling how many providers of the method that bus has (each answers a `call_all`).
 const PROVIDERS_HEADER: &str = "busbar-providers";
+/// Header of a reply sent by the transport itself, not a handler.
+const STATUS_HEADER: &str = "busbar-status";
+/// Its value when no provider was left to take the request.
+const NO_RESPONDERS: &str = "no-responders";
 /// Most requests one provider pops at once.
 const POP_BATCH: usize = 64;
 
@@ -172,6 +177,11 @@ pub(crate) async fn call(bus: &Arc<Shared>, mut request: Envelope) -> Result<Env
     }
     let remaining = timeout_of(&request);
     match tokio::time::timeout(remaining, waiter.replies.recv()).await {
+        Ok(Some(reply)) if reply.header(STATUS_HEADER) == Some(NO_RESPONDERS) => {
+            Err(Error::NoResponders {
+                method: method.to_owned(),
+            })
+        }
         Ok(Some(reply)) => Ok(reply),
         Ok(None) => Err(Error::Closed),
         Err(_) => Err(Error::Timeout),
@@ -233,10 +243,14 @@ pub(crate) async fn call_all(
 }
 
 /// One provider of a method on this bus.
-struct Provider {
+pub(crate) struct Provider {
     handler: Arc<dyn Handler>,
     bus: Weak<Shared>,
     method: String,
+    /// Set when the provider is dropped or the bus shuts down.
+    stopping: AtomicBool,
+    /// `CLIENT ID` of the pop loop's current connection, to unblock it.
+    client_id: AtomicI64,
 }
 
 impl Provider {
@@ -253,15 +267,9 @@ impl Provider {
         tokio::spawn(async move {
             let _guard = guard;
             let _permit = permit;
-            let Some(reply_to) = request.reply_to.clone() else {
-                Stats::incr(&bus.stats.rejected);
+            let Some(reply_to) = reply_address(&bus, &request) else {
                 return;
             };
-            if !reply_to.starts_with(&bus.inbox_prefix) {
-                Stats::incr(&bus.stats.rejected);
-                tracing::warn!(%reply_to, "rejected a request whose reply address is outside the namespace");
-                return;
-            }
             let Some(mut reply) = respond(handler.as_ref(), request, &bus.stats).await else {
                 return;
             };
@@ -272,18 +280,7 @@ impl Provider {
             reply
                 .headers
                 .push((PROVIDERS_HEADER.to_owned(), providers.to_string()));
-            match wire::encode(&reply) {
-                Ok(payload) => {
-                    let job = Job::Publish {
-                        channel: Bytes::from(reply_to),
-                        payload,
-                    };
-                    if let Err(err) = bus.writer.send(job).await {
-                        tracing::warn!(%err, "could not send an RPC reply");
-                    }
-                }
-                Err(err) => tracing::warn!(%err, "could not encode an RPC reply"),
-            }
+            send_reply(&bus, reply_to, &reply).await;
         });
     }
 
@@ -293,26 +290,170 @@ impl Provider {
         payload: &Bytes,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
-        let Some(request) = decode(payload, bus.config.max_envelope, &bus.stats) else {
+        let Some(request) = decode_request(bus, payload, &self.method) else {
             return;
         };
-        if request.kind != Kind::Request || request.subject.as_str() != self.method {
-            Stats::incr(&bus.stats.rejected);
-            tracing::warn!("rejected a message that is not a request for this method");
-            return;
-        }
         self.spawn_answer(bus.clone(), request, permit);
+    }
+}
+
+fn decode_request(bus: &Shared, payload: &Bytes, method: &str) -> Option<Envelope> {
+    let request = decode(payload, bus.config.max_envelope, &bus.stats)?;
+    if request.kind != Kind::Request || request.subject.as_str() != method {
+        Stats::incr(&bus.stats.rejected);
+        tracing::warn!("rejected a message that is not a request for this method");
+        return None;
+    }
+    Some(request)
+}
+
+/// Where to send the reply to `request`: only this namespace's reply channels.
+fn reply_address(bus: &Shared, request: &Envelope) -> Option<String> {
+    match &request.reply_to {
+        Some(reply_to) if reply_to.starts_with(&bus.inbox_prefix) => Some(reply_to.clone()),
+        other => {
+            Stats::incr(&bus.stats.rejected);
+            tracing::warn!(reply_to = ?other, "rejected a request without a reply address in the namespace");
+            None
+        }
+    }
+}
+
+async fn send_reply(bus: &Shared, reply_to: String, reply: &Envelope) {
+    match wire::encode(reply) {
+        Ok(payload) => {
+            let job = Job::Publish {
+                channel: Bytes::from(reply_to),
+                payload,
+            };
+            if let Err(err) = bus.writer.send(job).await {
+                tracing::warn!(%err, "could not send an RPC reply");
+            }
+        }
+        Err(err) => tracing::warn!(%err, "could not encode an RPC reply"),
     }
 }
 
 /// `call_all` requests arrive here, on the presence channel.
 impl Route for Provider {
     fn deliver(&self, _channel: &[u8], payload: &Bytes) {
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(bus) = self.bus.upgrade() {
             if bus.check_open().is_ok() {
                 self.accept(&bus, payload, None);
             }
         }
+    }
+}
+
+/// A live provider as the bus tracks it, to stop it on drop or at shutdown.
+pub(crate) struct Serving {
+    provider: Arc<Provider>,
+    presence: std::sync::Mutex<Option<Guard>>,
+    count: std::sync::Mutex<Option<Guard>>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Serving {
+    /// Stops taking requests at once: no presence, no new `call_all`.
+    fn begin_stop(&self) {
+        self.provider.stopping.store(true, Ordering::Release);
+        drop(lock(&self.presence).take());
+        drop(lock(&self.count).take());
+    }
+
+    /// Stops the pop loop now (the bus is going away without a shutdown).
+    pub(crate) fn abort(&self) {
+        if let Some(task) = lock(&self.task).take() {
+            task.abort();
+        }
+    }
+
+    /// Waits until Redis forgot the provider, stops its pop loop (which puts back
+    /// what it popped), then, when no other provider is left, answers every
+    /// request still queued with "no responders" so callers do not wait for
+    /// their deadline.
+    pub(crate) async fn stop(&self, bus: &Arc<Shared>) {
+        self.begin_stop();
+        let _ = bus.subscriber.sync().await;
+        let task = lock(&self.task).take();
+        if let Some(mut task) = task {
+            let mut stopped = false;
+            for _ in 0..250 {
+                unblock(bus, self.provider.client_id.load(Ordering::Acquire)).await;
+                if tokio::time::timeout(Duration::from_millis(20), &mut task)
+                    .await
+                    .is_ok()
+                {
+                    stopped = true;
+                    break;
+                }
+            }
+            if !stopped {
+                task.abort();
+            }
+        }
+        refuse_queued(bus, &self.provider.method).await;
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn unblock(bus: &Shared, client_id: i64) {
+    if let Ok(conn) = bus.link.get(bus.config.response_timeout).await {
+        let mut c = conn.conn.clone();
+        let result = redis::cmd("CLIENT")
+            .arg("UNBLOCK")
+            .arg(client_id)
+            .exec_async(&mut c)
+            .await;
+        let _ = conn.check(result);
+    }
+}
+
+/// KEYS[1] = request list, ARGV[1] = presence channel. With no provider left,
+/// takes every queued request.
+static DRAIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('PUBSUB', 'NUMSUB', ARGV[1])[2] ~= 0 then return {} end
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return items",
+    )
+});
+
+async fn refuse_queued(bus: &Arc<Shared>, method: &str) {
+    let namespace = &bus.config.namespace;
+    let Ok(conn) = bus.link.get(bus.config.response_timeout).await else {
+        return;
+    };
+    let mut c = conn.conn.clone();
+    let mut invocation = DRAIN.key(request_list(namespace, method));
+    invocation.arg(presence_channel(namespace, method));
+    let result = invocation.invoke_async::<Vec<Vec<u8>>>(&mut c).await;
+    let Ok(items) = conn.check(result) else {
+        return;
+    };
+    for item in items {
+        let Some(request) = decode_request(bus, &Bytes::from(item), method) else {
+            continue;
+        };
+        let Some(reply_to) = reply_address(bus, &request) else {
+            continue;
+        };
+        let mut reply = error_reply(
+            &request,
+            Fault::new("no_responders", format!("no provider serves {method}")),
+        );
+        reply
+            .headers
+            .push((STATUS_HEADER.to_owned(), NO_RESPONDERS.to_owned()));
+        send_reply(bus, reply_to, &reply).await;
     }
 }
 
@@ -326,9 +467,15 @@ pub(crate) async fn serve(
         handler,
         bus: Arc::downgrade(bus),
         method: method.as_str().to_owned(),
+        stopping: AtomicBool::new(false),
+        client_id: AtomicI64::new(0),
     });
+    // The pop loop connects first, so presence never advertises a provider that
+    // cannot take requests yet.
+    let first = bus.pool.take().await?;
+    provider.client_id.store(first.client_id, Ordering::Release);
     *bus.providers.entry(provider.method.clone()).or_insert(0) += 1;
-    let count_guard = {
+    let count = {
         let weak = Arc::downgrade(bus);
         let method = provider.method.clone();
         Guard::new(move || {
@@ -340,11 +487,13 @@ pub(crate) async fn serve(
             }
         })
     };
-    // The pop loop connects first, so presence never advertises a provider that
-    // cannot take requests yet.
-    let first = bus.pool.take().await?;
     let task = tokio::spawn(pop_loop(Arc::downgrade(bus), provider.clone(), first.conn));
-    let abort = task.abort_handle();
+    let serving = Arc::new(Serving {
+        provider: provider.clone(),
+        presence: std::sync::Mutex::new(None),
+        count: std::sync::Mutex::new(Some(count)),
+        task: std::sync::Mutex::new(Some(task)),
+    });
     let presence = bus
         .subscriber
         .add(
@@ -352,21 +501,35 @@ pub(crate) async fn serve(
             provider,
         )
         .await;
-    let presence = match presence {
-        Ok(guard) => guard,
+    match presence {
+        Ok(guard) => *lock(&serving.presence) = Some(guard),
         Err(err) => {
-            abort.abort();
+            serving.begin_stop();
+            if let Some(task) = lock(&serving.task).take() {
+                task.abort();
+            }
             return Err(err);
         }
-    };
-    bus.tasks
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(task);
+    }
+    let key = MessageId::new();
+    bus.serving.insert(key, serving);
+    let weak = Arc::downgrade(bus);
     Ok(Guard::new(move || {
-        drop(presence);
-        abort.abort();
-        drop(count_guard);
+        let Some(bus) = weak.upgrade() else { return };
+        let Some((_, serving)) = bus.serving.remove(&key) else {
+            return;
+        };
+        serving.begin_stop();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { serving.stop(&bus).await });
+            }
+            Err(_) => {
+                if let Some(task) = lock(&serving.task).take() {
+                    task.abort();
+                }
+            }
+        }
     }))
 }
 
@@ -375,6 +538,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Pops requests for one provider, reconnecting when the connection is lost.
+/// When the provider stops, whatever it popped and did not start goes back.
 async fn pop_loop(
     bus: Weak<Shared>,
     provider: Arc<Provider>,
@@ -392,6 +556,9 @@ async fn pop_loop(
         let Ok(first) = permits.clone().acquire_owned().await else {
             return;
         };
+        if provider.stopping.load(Ordering::Acquire) {
+            return;
+        }
         let room = permits.available_permits().min(POP_BATCH - 1) + 1;
         let popped = tokio::time::timeout(
             Duration::from_secs(block_secs) + grace,
@@ -406,14 +573,16 @@ async fn pop_loop(
         )
         .await;
         let Some(bus) = bus.upgrade() else { return };
-        if bus.check_open().is_err() {
-            return;
-        }
         match popped {
             Ok(Ok(value)) => {
                 backoff.reset();
+                let items = requests(value);
+                if provider.stopping.load(Ordering::Acquire) || bus.check_open().is_err() {
+                    put_back(&bus, &list, items).await;
+                    return;
+                }
                 let mut first = Some(first);
-                for item in requests(value) {
+                for item in items {
                     let permit = match first.take() {
                         Some(permit) => Some(permit),
                         None => permits.clone().try_acquire_owned().ok(),
@@ -423,21 +592,50 @@ async fn pop_loop(
             }
             Ok(Err(err)) => {
                 tracing::warn!(%err, method = %provider.method, "RPC provider lost its connection; reconnecting");
-                conn = reconnect(&bus, &mut backoff).await;
+                conn = reconnect(&bus, &provider, &mut backoff).await;
             }
             Err(_) => {
                 tracing::warn!(method = %provider.method, "RPC provider pop did not return in time; reconnecting");
-                conn = reconnect(&bus, &mut backoff).await;
+                conn = reconnect(&bus, &provider, &mut backoff).await;
             }
         }
     }
 }
 
-async fn reconnect(bus: &Shared, backoff: &mut Backoff) -> redis::aio::MultiplexedConnection {
+/// Returns popped requests to the head of the list, oldest first out.
+async fn put_back(bus: &Shared, list: &str, items: Vec<Vec<u8>>) {
+    if items.is_empty() {
+        return;
+    }
+    let Ok(conn) = bus.link.get(bus.config.response_timeout).await else {
+        return;
+    };
+    let mut c = conn.conn.clone();
+    let mut rpush = redis::cmd("RPUSH");
+    rpush.arg(list);
+    for item in items.iter().rev() {
+        rpush.arg(&item[..]);
+    }
+    let result = rpush.exec_async(&mut c).await;
+    if let Err(err) = conn.check(result) {
+        tracing::warn!(%err, "could not put back requests popped by a stopping provider");
+    }
+}
+
+async fn reconnect(
+    bus: &Shared,
+    provider: &Provider,
+    backoff: &mut Backoff,
+) -> redis::aio::MultiplexedConnection {
     loop {
         backoff.wait().await;
         match bus.pool.take().await {
-            Ok(blocking) => return blocking.conn,
+            Ok(blocking) => {
+                provider
+                    .client_id
+                    .store(blocking.client_id, Ordering::Release);
+                return blocking.conn;
+            }
             Err(err) => tracing::debug!(%err, "RPC provider reconnect attempt failed"),
         }
     }
