@@ -1,0 +1,80 @@
+//! `busbar pub` and `busbar sub`.
+
+use super::{connect, finish, interrupted};
+use crate::cli::{PubArgs, SubArgs};
+use crate::exit::{CmdResult, Context};
+use crate::input::Values;
+use crate::output::{message_json, print_json, status};
+use busbar_core::{redact_url, Error, Pattern, SubscribeOptions};
+use futures::StreamExt;
+
+/// Publishes the argument (or stdin's lines) on the topic.
+pub(crate) async fn publish(args: PubArgs) -> CmdResult {
+    // Check the input before connecting, so a typo costs no connection.
+    let mut values = Values::new(args.json.as_deref(), args.count)?;
+    busbar_core::Name::new(&args.topic)?;
+    let bus = connect(&args.connect).await?;
+    let mut published = 0u64;
+    let outcome = async {
+        while let Some(value) = values.next().await? {
+            bus.publish_to(&args.topic, &value)
+                .await
+                .context(|| format!("publish to {} failed", args.topic))?;
+            published += 1;
+        }
+        CmdResult::Ok(())
+    }
+    .await;
+    let finished = finish(&bus, &args.connect).await;
+    status(&format!("published {published} events to {}", args.topic));
+    outcome.and(finished)
+}
+
+/// Prints each matching event as a JSON line until interrupted or `--count`.
+pub(crate) async fn subscribe(args: SubArgs) -> CmdResult {
+    let pattern = Pattern::new(&args.pattern)?;
+    let bus = connect(&args.connect).await?;
+    let options = SubscribeOptions {
+        capacity: args.buffer.max(1),
+    };
+    let mut subscription = bus
+        .subscribe_with::<busbar_core::Message>(pattern, options)
+        .await
+        .context(|| format!("cannot subscribe to {}", args.pattern))?;
+    // The subscription is live end to end: say so, for scripts and tests.
+    status(&format!(
+        "subscribed to {} on {}; ready",
+        args.pattern,
+        redact_url(&args.connect.url)
+    ));
+    let limit = args.count.unwrap_or(u64::MAX);
+    let mut received = 0u64;
+    let outcome = async {
+        let interrupt = interrupted();
+        tokio::pin!(interrupt);
+        while received < limit {
+            let item = tokio::select! {
+                item = subscription.next() => item,
+                _ = &mut interrupt => break,
+            };
+            match item {
+                None => break,
+                Some(Ok(message)) => {
+                    print_json(&message_json(&message))?;
+                    received += 1;
+                }
+                Some(Err(Error::Lagged { missed })) => {
+                    status(&format!(
+                        "warning: fell behind and missed {missed} events (raise --buffer)"
+                    ));
+                }
+                Some(Err(err)) => status(&format!("warning: skipped an event: {err}")),
+            }
+        }
+        CmdResult::Ok(())
+    }
+    .await;
+    drop(subscription);
+    let finished = finish(&bus, &args.connect).await;
+    outcome.and(finished)
+}

@@ -1,0 +1,70 @@
+//! Every command across processes over ZeroMQ: a `busbar broker` child on a free
+//! loopback port, and separate `busbar` processes as clients.
+
+mod common;
+
+use common::{run, scenarios, BrokerProcess};
+
+#[test]
+fn broker_prints_its_url_and_stats_and_stops_on_interrupt() {
+    let broker = BrokerProcess::start();
+    run(&["pub", "hello.world", "1", "--url", &broker.url]).expect_ok();
+    let (code, stderr) = broker.process.interrupt();
+    assert_eq!(code, Some(0), "{stderr:?}");
+    assert!(
+        stderr.iter().any(|l| l.contains("\"events_in\"")),
+        "{stderr:?}"
+    );
+    assert!(
+        stderr.iter().any(|l| l.contains("broker stopped")),
+        "{stderr:?}"
+    );
+}
+
+#[test]
+fn broker_bind_failure_is_a_transport_error() {
+    let broker = BrokerProcess::start();
+    let endpoint = broker.url.replace("zmq://", "tcp://");
+    let failed = run(&["broker", "--bind", &endpoint]);
+    failed.expect_code(19);
+    assert!(
+        failed.stderr.contains("cannot start the broker"),
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn pub_sub() {
+    let broker = BrokerProcess::start();
+    scenarios::pub_sub(&broker.url);
+}
+
+#[test]
+fn sub_until_interrupted() {
+    let broker = BrokerProcess::start();
+    scenarios::sub_until_interrupted(&broker.url);
+}
+
+#[test]
+fn call_and_serve() {
+    let broker = BrokerProcess::start();
+    scenarios::call_and_serve(&broker.url);
+}
+
+#[test]
+fn call_all_and_serve_count() {
+    let broker = BrokerProcess::start();
+    scenarios::call_all_and_serve_count(&broker.url);
+}
+
+#[test]
+fn queue() {
+    let broker = BrokerProcess::start();
+    scenarios::queue(&broker.url);
+}
+
+#[test]
+fn bench() {
+    let broker = BrokerProcess::start();
+    scenarios::bench(&broker.url);
+}
