@@ -173,13 +173,45 @@ impl Broker {
         self.counters.snapshot()
     }
 
-    /// Stops the broker and waits until its socket is closed.
+    /// Stops the broker and waits until its socket is closed and its port can
+    /// be bound again (so a new broker can take its place at once).
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
             let _ = task.await;
+        }
+        // The socket's accept loop ends on its own task, shortly after.
+        let Some(addr) = self
+            .endpoint
+            .strip_prefix("tcp://")
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        else {
+            return;
+        };
+        let released = async {
+            loop {
+                let socket = match addr {
+                    std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                    std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+                };
+                let bound = socket.and_then(|s| {
+                    s.set_reuseaddr(true)?;
+                    s.bind(addr)?;
+                    s.listen(1)
+                });
+                if bound.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(2), released)
+            .await
+            .is_err()
+        {
+            tracing::warn!(endpoint = %self.endpoint, "the broker's port is still bound after shutdown");
         }
     }
 

@@ -1,0 +1,492 @@
+//! Faults: malformed frames, a broker restarted under load, consumers and
+//! providers that die or go silent. Every broker here is the test's own, on a
+//! free loopback port, with fast heartbeats (100 ms, 3 missed = dead).
+
+use busbar_core::{Bus, Error, Fault};
+use busbar_zmq::{Broker, BrokerConfig, ZmqBus, ZmqConfig};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
+    }
+}
+
+fn fast() -> BrokerConfig {
+    BrokerConfig {
+        heartbeat: Duration::from_millis(100),
+        liveness: 3,
+        ..BrokerConfig::default()
+    }
+}
+
+async fn broker() -> Broker {
+    Broker::bind_with("tcp://127.0.0.1:0", fast())
+        .await
+        .unwrap()
+}
+
+async fn bus(url: &str) -> Bus {
+    Bus::from_transport(Arc::new(ZmqBus::connect(url).await.unwrap()))
+}
+
+/// A hand-driven client speaking the protocol frame by frame.
+struct Raw {
+    socket: zeromq::DealerSocket,
+}
+
+fn frames(parts: &[&[u8]]) -> ZmqMessage {
+    let mut message = ZmqMessage::from(Bytes::copy_from_slice(parts[0]));
+    for part in &parts[1..] {
+        message.push_back(Bytes::copy_from_slice(part));
+    }
+    message
+}
+
+impl Raw {
+    async fn connect(endpoint: &str) -> Raw {
+        let mut socket = zeromq::DealerSocket::new();
+        socket.connect(endpoint).await.unwrap();
+        Raw { socket }
+    }
+
+    async fn hello(endpoint: &str) -> Raw {
+        let mut raw = Raw::connect(endpoint).await;
+        raw.send(&[b"BBZ1", &[0x01], b"raw-test"]).await;
+        raw.expect(0x81).await;
+        raw
+    }
+
+    async fn send(&mut self, parts: &[&[u8]]) {
+        self.socket.send(frames(parts)).await.unwrap();
+    }
+
+    /// The next message with command `command` (others, like heartbeats, skipped).
+    async fn expect(&mut self, command: u8) -> Vec<Bytes> {
+        within(&format!("command 0x{command:02x}"), async {
+            loop {
+                let message = self.socket.recv().await.unwrap().into_vec();
+                if message.len() >= 2 && message[1].as_ref() == [command] {
+                    return message;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Asks LEN of a queue and waits for the answer: everything sent before
+    /// has been processed by the broker once it arrives.
+    async fn sync(&mut self) {
+        self.send(&[b"BBZ1", &[0x24], &7u64.to_be_bytes(), b"sync.queue"])
+            .await;
+        self.expect(0xA3).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_frames_are_rejected_counted_and_harmless() {
+    let broker = broker().await;
+    let endpoint = broker.endpoint().to_owned();
+    let mut raw = Raw::hello(&endpoint).await;
+    const U1: [u8; 8] = 1u64.to_be_bytes();
+    const U2: [u8; 8] = 2u64.to_be_bytes();
+    const U3: [u8; 8] = 3u64.to_be_bytes();
+    const U4: [u8; 8] = 4u64.to_be_bytes();
+    const U9: [u8; 8] = 9u64.to_be_bytes();
+    let garbage: Vec<Vec<&[u8]>> = vec![
+        vec![b"hello"],
+        vec![b"XXXX", &[0x02]],
+        vec![b"BBZ1", &[0x02, 0x03]],
+        vec![b"BBZ1", &[0x7f]],
+        vec![b"BBZ1", &[0x10], b"short"],
+        vec![b"BBZ1", &[0x10], &U1, b"bad..pattern"],
+        vec![
+            b"BBZ1",
+            &[0x12],
+            &U1,
+            b"not an envelope at all, but long enough",
+        ],
+        vec![b"BBZ1", &[0x12]],
+        vec![b"BBZ1", &[0x20], &U2, &[0xBB, 1, 2, 0, 0xff]],
+        vec![b"BBZ1", &[0x21], &U3, b"q", &[0, 0], &[0, 0, 0, 1]],
+        vec![b"BBZ1", &[0x32], &[0xBB; 64]],
+        vec![b"BBZ1", &[0x34], &U9, b"??"],
+        vec![b"BBZ1", &[0x22], &[1, 2, 3]],
+        vec![b"BBZ1", &[0x30], &U4, b"bad method"],
+    ];
+    let count = garbage.len() as u64;
+    for parts in &garbage {
+        raw.send(parts).await;
+    }
+    raw.sync().await;
+    assert_eq!(
+        broker.stats().rejected,
+        count,
+        "every malformed message is counted"
+    );
+
+    // The broker still works for everybody, the sender of garbage included.
+    let bus = bus(&broker.url()).await;
+    let mut sub = bus.subscribe_to::<u32>("after.garbage").await.unwrap();
+    bus.publish_to("after.garbage", &7u32).await.unwrap();
+    assert_eq!(within("an event", sub.next()).await.unwrap().unwrap(), 7);
+    raw.sync().await;
+}
+
+/// A fake broker that welcomes a client, then sends it garbage: the client
+/// counts each rejection and keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_the_broker_is_rejected_and_counted() {
+    let mut router = zeromq::RouterSocket::new();
+    let endpoint = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let fake = tokio::spawn(async move {
+        let hello = router.recv().await.unwrap().into_vec();
+        let peer = hello[0].clone();
+        let send = |parts: Vec<Bytes>| {
+            let mut message = ZmqMessage::from(peer.clone());
+            for part in parts {
+                message.push_back(part);
+            }
+            message
+        };
+        let b = |s: &[u8]| Bytes::copy_from_slice(s);
+        let welcome = vec![
+            b(b"BBZ1"),
+            b(&[0x81]),
+            b(&1000u32.to_be_bytes()),
+            b(&3u32.to_be_bytes()),
+            b(&1u64.to_be_bytes()),
+        ];
+        router.send(send(welcome)).await.unwrap();
+        for parts in [
+            vec![b(b"nope")],
+            vec![b(b"BBZ1"), b(&[0xEE])],
+            vec![b(b"BBZ1"), b(&[0x91]), b(&1u64.to_be_bytes())],
+            vec![
+                b(b"BBZ1"),
+                b(&[0x91]),
+                b(&1u64.to_be_bytes()),
+                b(b"garbage envelope"),
+            ],
+            vec![b(b"BBZ1"), b(&[0xB4]), b(&[0xBB, 1, 4])],
+            vec![b(b"BBZ1"), b(&[0xA1]), b(b"x")],
+        ] {
+            router.send(send(parts)).await.unwrap();
+        }
+        // Then answer the client's LEN so the test knows all of it arrived.
+        loop {
+            let message = router.recv().await.unwrap().into_vec();
+            if message.len() >= 4 && message[2].as_ref() == [0x24] {
+                let answer = vec![
+                    b(b"BBZ1"),
+                    b(&[0xA3]),
+                    message[3].clone(),
+                    b(&5u64.to_be_bytes()),
+                ];
+                router.send(send(answer)).await.unwrap();
+                return router;
+            }
+        }
+    });
+    let url = endpoint.replace("tcp://", "zmq://");
+    let client = ZmqBus::connect(&url).await.unwrap();
+    let bus = Bus::from_transport(Arc::new(client));
+    let queue = bus.queue::<u32>("fake.queue").unwrap();
+    assert_eq!(within("len", queue.len()).await.unwrap(), 5);
+    assert_eq!(
+        bus.stats().rejected,
+        6,
+        "each malformed message from the broker is counted"
+    );
+    drop(within("the fake broker", fake).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restarted_during_calls_events_and_queue_items() {
+    let first = broker().await;
+    let endpoint = first.endpoint().to_owned();
+    let url = first.url();
+    let provider = bus(&url).await;
+    let caller = bus(&url).await;
+    let subscriber = bus(&url).await;
+    provider
+        .expose("restart.echo", |x: u64| async move { Ok::<_, Fault>(x) })
+        .await
+        .unwrap()
+        .detach();
+    let mut events = subscriber
+        .subscribe_to::<u64>("restart.events")
+        .await
+        .unwrap();
+    let stub = caller
+        .stub::<u64, u64>("restart.echo")
+        .unwrap()
+        .timeout(Duration::from_secs(1));
+    let queue = caller.queue::<u64>("restart.jobs").unwrap();
+    let consumer_queue = subscriber.queue::<u64>("restart.jobs").unwrap();
+
+    // A stream of calls and queue items runs while the broker goes away and
+    // comes back on the same port. Each operation ends within its bound, Ok or
+    // with a clear error; none hangs and nothing panics.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let stream = {
+        let stub = stub.clone();
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut n = 0u64;
+            while !*stop_rx.borrow_and_update() {
+                // While disconnected, operations fail at once: let others run.
+                tokio::task::yield_now().await;
+                n += 1;
+                let started = Instant::now();
+                match stub.call(&n).await {
+                    Ok(answer) => {
+                        assert_eq!(answer, n);
+                        ok += 1;
+                    }
+                    Err(Error::Transport(_) | Error::NoResponders { .. } | Error::Timeout) => {
+                        failed += 1;
+                    }
+                    Err(other) => panic!("unexpected error during the restart: {other:?}"),
+                }
+                assert!(started.elapsed() < Duration::from_secs(3), "a call hung");
+                match queue.put(&n).await {
+                    Ok(()) => ok += 1,
+                    Err(Error::Transport(_)) => failed += 1,
+                    Err(other) => panic!("unexpected put error during the restart: {other:?}"),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    assert_eq!(
+        within("a call before the restart", stub.call(&1))
+            .await
+            .unwrap(),
+        1
+    );
+    first.shutdown().await;
+    let second = Broker::bind_with(&endpoint, fast()).await.unwrap();
+
+    // Calls work again without new buses: the provider was restored.
+    within("a call after the restart", async {
+        loop {
+            if let Ok(7) = stub.call(&7).await {
+                return;
+            }
+        }
+    })
+    .await;
+    stop_tx.send(true).unwrap();
+    let (ok, failed) = within("the stream of operations", stream).await.unwrap();
+    assert!(
+        ok > 0,
+        "operations succeeded around the restart ({failed} failed)"
+    );
+
+    // The subscription was restored: a new event reaches it (publishes made
+    // before the subscriber's replay may miss it, so publish until one arrives).
+    within("an event after the restart", async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => caller.publish_to("restart.events", &99u64).await.unwrap(),
+                event = events.next() => {
+                    if let Some(Ok(99)) = event {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    // Queues work on the new broker (items held by the old one died with it).
+    queue.put(&4242).await.unwrap();
+    let mut got = None;
+    while got != Some(4242) {
+        got = within("the item put after the restart", consumer_queue.get(WAIT))
+            .await
+            .unwrap();
+    }
+    for b in [&provider, &caller, &subscriber] {
+        let stats = b.stats();
+        assert!(stats.disconnects >= 1 && stats.reconnects >= 1, "{stats:?}");
+    }
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_held_by_a_killed_consumer_are_redelivered() {
+    let broker = broker().await;
+    let producer = bus(&broker.url()).await;
+    let queue = producer.queue::<u32>("killed.jobs").unwrap();
+    for n in [1, 2] {
+        queue.put(&n).await.unwrap();
+    }
+    // A consumer takes item 1 with a long visibility timeout, then its process
+    // dies: the connection closes without a word.
+    let mut raw = Raw::hello(broker.endpoint()).await;
+    raw.send(&[
+        b"BBZ1",
+        &[0x21],
+        &1u64.to_be_bytes(),
+        b"killed.jobs",
+        &1000u32.to_be_bytes(),
+        &600_000u32.to_be_bytes(),
+    ])
+    .await;
+    let item = raw.expect(0xA1).await;
+    assert_eq!(item[4].as_ref(), 1u32.to_be_bytes(), "first attempt");
+    // Another consumer, frozen (no heartbeat, connection open), takes item 2.
+    let mut frozen = Raw::hello(broker.endpoint()).await;
+    frozen
+        .send(&[
+            b"BBZ1",
+            &[0x21],
+            &1u64.to_be_bytes(),
+            b"killed.jobs",
+            &1000u32.to_be_bytes(),
+            &600_000u32.to_be_bytes(),
+        ])
+        .await;
+    frozen.expect(0xA1).await;
+    drop(raw);
+
+    // Both come back long before their visibility timeout, oldest first.
+    let consumer = bus(&broker.url()).await;
+    let queue = consumer.queue::<u32>("killed.jobs").unwrap();
+    let started = Instant::now();
+    for expected in [1, 2] {
+        let delivery = within("a redelivered item", queue.receive(WAIT))
+            .await
+            .unwrap()
+            .expect("the item comes back");
+        assert_eq!(*delivery, expected);
+        assert_eq!(delivery.attempt(), 2);
+        delivery.ack().await.unwrap();
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        broker.stats().dead_clients >= 1,
+        "the frozen consumer was declared dead"
+    );
+    assert_eq!(queue.len().await.unwrap(), 0);
+    drop(frozen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_stops_answering() {
+    let broker = broker().await;
+    let caller = bus(&broker.url()).await;
+    // A provider registers, then freezes: no answers, no heartbeats.
+    let mut frozen = Raw::hello(broker.endpoint()).await;
+    frozen
+        .send(&[b"BBZ1", &[0x30], &1u64.to_be_bytes(), b"frozen.method"])
+        .await;
+    frozen.expect(0xB0).await;
+
+    // A call in flight to it fails fast once the broker declares it dead,
+    // with an error saying so, long before the caller's deadline.
+    let stub = caller
+        .stub::<u32, u32>("frozen.method")
+        .unwrap()
+        .timeout(Duration::from_secs(8));
+    let started = Instant::now();
+    match within("the call to a frozen provider", stub.call(&1)).await {
+        Err(Error::Transport(err)) => assert!(err.to_string().contains("lost"), "{err}"),
+        other => panic!("expected a transport error naming the lost provider, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // It is gone: callers get NoResponders at once.
+    let started = Instant::now();
+    assert!(matches!(
+        stub.call(&2).await,
+        Err(Error::NoResponders { .. })
+    ));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    drop(frozen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_provider_times_out_at_the_deadline() {
+    let broker = broker().await;
+    let caller = bus(&broker.url()).await;
+    let provider = bus(&broker.url()).await;
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let _served = provider
+        .expose("slow.method", move |x: u32| {
+            let mut release = release_rx.clone();
+            async move {
+                let _ = release.wait_for(|go| *go).await;
+                Ok::<_, Fault>(x)
+            }
+        })
+        .await
+        .unwrap();
+    let stub = caller
+        .stub::<u32, u32>("slow.method")
+        .unwrap()
+        .timeout(Duration::from_millis(400));
+    let started = Instant::now();
+    assert!(matches!(stub.call(&1).await, Err(Error::Timeout)));
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(390) && elapsed < Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+    release_tx.send(true).unwrap();
+}
+
+/// A broker that stops answering (frozen, connection open) is detected by its
+/// missing heartbeats; the client reconnects when a broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_broker_is_detected_and_replaced() {
+    let mut router = zeromq::RouterSocket::new();
+    let endpoint = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let fake = tokio::spawn(async move {
+        let hello = router.recv().await.unwrap().into_vec();
+        let b = |s: &[u8]| Bytes::copy_from_slice(s);
+        let mut welcome = ZmqMessage::from(hello[0].clone());
+        for part in [
+            b(b"BBZ1"),
+            b(&[0x81]),
+            b(&50u32.to_be_bytes()),
+            b(&3u32.to_be_bytes()),
+            b(&1u64.to_be_bytes()),
+        ] {
+            welcome.push_back(part);
+        }
+        router.send(welcome).await.unwrap();
+        // Then silence, with the connection open, until the client gives up on
+        // it and connects again (a second HELLO).
+        loop {
+            let message = router.recv().await.unwrap().into_vec();
+            if message.len() >= 3 && message[2].as_ref() == [0x01] {
+                return;
+            }
+        }
+    });
+    let mut config = ZmqConfig::new(endpoint);
+    config.connect_timeout = Duration::from_secs(2);
+    let client = ZmqBus::connect_with(config).await.unwrap();
+    within(
+        "the client to give up on the silent broker and say hello again",
+        fake,
+    )
+    .await
+    .unwrap();
+    let stats = busbar_core::EventBus::stats(&client).snapshot();
+    assert!(stats.disconnects >= 1, "{stats:?}");
+}
