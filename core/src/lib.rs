@@ -26,6 +26,7 @@ mod queue;
 mod registry;
 pub mod reply;
 mod rpc;
+pub mod security;
 mod stats;
 mod subscription;
 pub mod transport;

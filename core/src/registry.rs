@@ -65,7 +65,12 @@ pub(crate) async fn connect(url: &str) -> Result<Arc<dyn EventBus>> {
     let scheme = scheme_of(url).ok_or_else(|| invalid("expected scheme://...".into()))?;
     for Registration(connector) in inventory::iter::<Registration> {
         if connector.schemes().contains(&scheme) {
-            return connector.connect(url).await;
+            let (url, security) = crate::security::SecureLayer::from_url(url)?;
+            let transport = connector.connect(&url).await?;
+            return Ok(match security {
+                Some(layer) => layer.layer(transport),
+                None => transport,
+            });
         }
     }
     Err(invalid(

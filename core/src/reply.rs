@@ -19,10 +19,13 @@ struct FaultBody {
 
 /// Runs `handler` on `request` and builds the reply to send back.
 ///
-/// Returns `None` when the request's deadline has already passed (the caller has
-/// given up, so no work is done). A handler that returns a fault or panics yields
-/// an [`Kind::ErrorReply`]; the provider keeps serving either way.
+/// Returns `None` when the handler does not [`admit`](Handler::admit) the request,
+/// or when its deadline has already passed (the caller has given up, so no work
+/// is done). A handler that returns a fault or panics yields an
+/// [`Kind::ErrorReply`]; the provider keeps serving either way. The reply goes
+/// through [`Handler::finish`] last.
 pub async fn respond(handler: &dyn Handler, request: Envelope, stats: &Stats) -> Option<Envelope> {
+    let request = handler.admit(request)?;
     if request.is_expired() {
         tracing::debug!(method = %request.subject, id = %request.id, "dropping expired request");
         return None;
@@ -32,7 +35,7 @@ pub async fn respond(handler: &dyn Handler, request: Envelope, stats: &Stats) ->
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| Err(Fault::new("panic", panic_message(&*panic))));
-    Some(match outcome {
+    handler.finish(match outcome {
         Ok(payload) => request.reply(Kind::Reply, ContentType::JSON, payload),
         Err(fault) => error_reply(&request, fault),
     })

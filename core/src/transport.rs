@@ -98,8 +98,15 @@ impl std::fmt::Debug for Guard {
 pub struct RawSubscription {
     pattern: Pattern,
     receiver: MailboxReceiver,
+    filter: Option<MessageFilter>,
     _guard: Guard,
 }
+
+/// What [`RawSubscription::filter_map_messages`] applies to each message.
+type MessageFilter = Box<dyn FnMut(Envelope) -> Option<Envelope> + Send + Sync>;
+
+/// Messages a filter may drop in one poll before the stream yields to the runtime.
+const FILTER_BUDGET: usize = 64;
 
 impl RawSubscription {
     /// Wraps a mailbox receiver; `guard` unsubscribes on drop.
@@ -107,8 +114,25 @@ impl RawSubscription {
         RawSubscription {
             pattern,
             receiver,
+            filter: None,
             _guard: guard,
         }
+    }
+
+    /// Passes every message through `f` before it is yielded: `Some` delivers the
+    /// (possibly changed) envelope, `None` drops it. [`Incoming::Lagged`] notices
+    /// pass unchanged. A layer (such as [`security`](crate::security)) uses this
+    /// to verify or transform what a transport delivers; filters added later run
+    /// after earlier ones.
+    pub fn filter_map_messages(
+        mut self,
+        mut f: impl FnMut(Envelope) -> Option<Envelope> + Send + Sync + 'static,
+    ) -> Self {
+        self.filter = Some(match self.filter.take() {
+            None => Box::new(f),
+            Some(mut first) => Box::new(move |envelope| first(envelope).and_then(&mut f)),
+        });
+        self
     }
 
     /// The pattern subscribed to.
@@ -126,7 +150,22 @@ impl RawSubscription {
 impl Stream for RawSubscription {
     type Item = Incoming;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
-        Pin::new(&mut self.receiver).poll_next(cx)
+        let this = &mut *self;
+        let Some(filter) = &mut this.filter else {
+            return Pin::new(&mut this.receiver).poll_next(cx);
+        };
+        for _ in 0..FILTER_BUDGET {
+            match futures::ready!(Pin::new(&mut this.receiver).poll_next(cx)) {
+                Some(Incoming::Message(envelope)) => {
+                    if let Some(envelope) = filter(envelope) {
+                        return Poll::Ready(Some(Incoming::Message(envelope)));
+                    }
+                }
+                other => return Poll::Ready(other),
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -160,6 +199,12 @@ impl RawDelivery {
     /// The item.
     pub fn envelope(&self) -> &Envelope {
         &self.envelope
+    }
+
+    /// Replaces the item handed on, keeping the acknowledgement of the original
+    /// (a layer swaps in the verified, decrypted envelope).
+    pub fn set_envelope(&mut self, envelope: Envelope) {
+        self.envelope = envelope;
     }
 
     /// How many times the item has been handed out, this one included.
@@ -213,6 +258,21 @@ impl std::fmt::Debug for RawDelivery {
 pub trait Handler: Send + Sync + 'static {
     /// Handles one request, returning the encoded result or a fault.
     async fn handle(&self, request: Envelope) -> Result<Bytes, Fault>;
+
+    /// Checks a request before it is handled; `None` drops it unanswered (the
+    /// caller times out). [`reply::respond`](crate::reply::respond) calls it
+    /// first. The default admits every request unchanged; the
+    /// [`security`](crate::security) layer verifies and decrypts here.
+    fn admit(&self, request: Envelope) -> Option<Envelope> {
+        Some(request)
+    }
+
+    /// Finishes a reply before the transport sends it; `None` sends nothing.
+    /// [`reply::respond`](crate::reply::respond) calls it last. The default
+    /// keeps the reply unchanged; the security layer seals and signs here.
+    fn finish(&self, reply: Envelope) -> Option<Envelope> {
+        Some(reply)
+    }
 }
 
 /// The transport SPI. Each method's contract is in `docs/semantics.md`; the

@@ -36,6 +36,7 @@ pub mod names;
 pub mod pubsub;
 pub mod queue;
 pub mod rpc;
+pub mod secured;
 
 pub use lifecycle::*;
 pub use limits::*;
