@@ -42,7 +42,7 @@ fn queue() {
 
 #[test]
 fn bench() {
-    scenarios::bench(&url(RedisServer::shared(), "bench"));
+    scenarios::bench(&url(RedisServer::shared(), "bench"), "raw redis-rs");
 }
 
 #[test]

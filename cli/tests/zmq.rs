@@ -66,5 +66,5 @@ fn queue() {
 #[test]
 fn bench() {
     let broker = BrokerProcess::start();
-    scenarios::bench(&broker.url);
+    scenarios::bench(&broker.url, "raw zeromq sockets");
 }

@@ -336,12 +336,15 @@ impl Sent {
 }
 
 /// Runs `senders` to completion: each sends its share with `inflight` at once.
+///
+/// The senders are handed back so the caller keeps them (and their sockets,
+/// which may still be flushing) alive until the receivers are done.
 async fn run_senders<S, F, Fut>(
     plan: &Plan,
     meter: &Arc<Meter>,
     senders: Vec<S>,
     send: F,
-) -> (Sent, f64)
+) -> (Sent, f64, Vec<Arc<S>>)
 where
     S: Send + Sync + 'static,
     F: Fn(Arc<S>, Sample) -> Fut + Send + Sync + Clone + 'static,
@@ -362,17 +365,22 @@ where
             while let Some(result) = results.next().await {
                 sent.add(result);
             }
-            sent
+            drop(results);
+            (sent, sender)
         }));
     }
     let mut sent = Sent::default();
+    let mut kept = Vec::new();
     for task in tasks {
         match task.await {
-            Ok(one) => sent.merge(one),
+            Ok((one, sender)) => {
+                sent.merge(one);
+                kept.push(sender);
+            }
             Err(err) => sent.add(Err(format!("sender task failed: {err}"))),
         }
     }
-    (sent, meter.factory.now_s())
+    (sent, meter.factory.now_s(), kept)
 }
 
 fn outcome(
@@ -448,11 +456,13 @@ pub(crate) async fn pubsub<P: EventSink, S: EventSource>(
             tally
         }));
     }
-    let (sent, send_end) = run_senders(plan, &meter, publishers, |publisher, sample| async move {
-        publisher.publish(&sample).await
-    })
-    .await;
+    let (sent, send_end, publishers) =
+        run_senders(plan, &meter, publishers, |publisher, sample| async move {
+            publisher.publish(&sample).await
+        })
+        .await;
     let tally = gather(receivers).await;
+    drop(publishers);
     let timeline = sampler.finish().await;
     outcome(label, plan, &meter, sent, send_end, tally, timeline)
 }
@@ -511,12 +521,14 @@ pub(crate) async fn queue<P: Producer, C: Consumer>(
             tally
         }));
     }
-    let (sent, send_end) = run_senders(plan, &meter, producers, |producer, sample| async move {
-        producer.put(&sample).await
-    })
-    .await;
+    let (sent, send_end, producers) =
+        run_senders(plan, &meter, producers, |producer, sample| async move {
+            producer.put(&sample).await
+        })
+        .await;
     producers_done.store(true, Ordering::Relaxed);
     let tally = gather(receivers).await;
+    drop(producers);
     let timeline = sampler.finish().await;
     outcome(label, plan, &meter, sent, send_end, tally, timeline)
 }
@@ -555,7 +567,7 @@ pub(crate) async fn rpc<C: Caller>(
             }
         }
     };
-    let (sent, send_end) = run_senders(plan, &meter, callers, record).await;
+    let (sent, send_end, _callers) = run_senders(plan, &meter, callers, record).await;
     let timeline = sampler.finish().await;
     let tally = std::mem::replace(
         &mut *tally.lock().unwrap_or_else(|p| p.into_inner()),

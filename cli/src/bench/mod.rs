@@ -10,6 +10,8 @@ mod harness;
 mod plot;
 mod raw;
 mod raw_memory;
+mod raw_redis;
+mod raw_zmq;
 mod report;
 mod sample;
 

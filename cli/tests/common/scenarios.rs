@@ -180,8 +180,9 @@ pub fn queue(url: &str) {
     assert!(empty.stderr.contains("no item arrived"), "{empty:?}");
 }
 
-/// `bench` on the transport: every workload completes with nothing lost.
-pub fn bench(url: &str) {
+/// `bench` on the transport: every workload completes with nothing lost, and
+/// `--raw` runs the same workload on the library underneath (`raw_label`).
+pub fn bench(url: &str, raw_label: &str) {
     for (workload, extra) in [
         ("pubsub", &["--subscribers", "2"][..]),
         ("queue", &["--subscribers", "2", "--publishers", "2"][..]),
@@ -196,5 +197,27 @@ pub fn bench(url: &str) {
         let expected = if workload == "pubsub" { 1000 } else { 500 };
         assert_eq!(report["busbar"]["received"], expected, "{report}");
         assert_eq!(report["busbar"]["lost"], 0, "{report}");
+    }
+    for workload in ["pubsub", "queue", "rpc"] {
+        let done = run(&[
+            "bench", workload, "--msgs", "300", "--raw", "--json", "--url", url,
+        ]);
+        done.expect_ok();
+        let report = &done.json_lines()[0];
+        assert_eq!(report["complete"], true, "{report}");
+        let raw = &report["raw"];
+        assert_eq!(raw["label"], raw_label, "{report}");
+        assert_eq!(raw["expected"], 300, "{report}");
+        if workload == "pubsub" {
+            // Raw PUB/SUB may drop under load; what it lost is counted.
+            let (received, lost) = (raw["received"].as_u64(), raw["lost"].as_u64());
+            assert_eq!(received.unwrap() + lost.unwrap(), 300, "{report}");
+        } else {
+            assert_eq!(raw["received"], 300, "{report}");
+        }
+        assert!(
+            report["overhead"]["throughput"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
     }
 }
