@@ -10,6 +10,7 @@
 //! selects transports by cargo feature.
 #![deny(missing_docs)]
 
+mod autoreg;
 mod bus;
 pub mod codec;
 mod envelope;
@@ -32,6 +33,7 @@ mod subscription;
 pub mod transport;
 pub mod wire;
 
+pub use autoreg::{Endpoint, EndpointKind, Registered, Service};
 pub use bus::{Bus, DEFAULT_MAX_PAYLOAD};
 pub use codec::ContentType;
 pub use envelope::{now_millis, Envelope, Kind, MessageId};
@@ -47,6 +49,7 @@ pub use transport::{Capabilities, EventBus, SubscribeOptions};
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::autoreg::macro_support::*;
     pub use crate::registry::Registration;
     pub use inventory;
 }

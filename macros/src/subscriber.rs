@@ -1,0 +1,213 @@
+//! `#[subscriber]`: runs a function for each event of a type, topic or pattern.
+
+use crate::names::{check_lit, error, NameKind};
+use crate::signature::{self, Arg};
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::{FnArg, ItemFn, LitStr, Type};
+
+/// Where the subscriber listens.
+enum Source {
+    /// The event type's own topic (`E::TOPIC`).
+    Event,
+    /// An explicit topic.
+    Topic(LitStr),
+    /// A wildcard pattern.
+    Pattern(LitStr),
+}
+
+/// How the optional second parameter receives the bus.
+enum Context {
+    None,
+    /// `&Bus`.
+    Ref,
+    /// `Bus` (a clone).
+    Owned,
+}
+
+/// Expands `#[subscriber]`, `#[subscriber(topic = "...")]` or `#[subscriber(pattern = "...")]`.
+pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let mut source = Source::Event;
+    let parser = syn::meta::parser(|meta| {
+        let key = if meta.path.is_ident("topic") {
+            "topic"
+        } else if meta.path.is_ident("pattern") {
+            "pattern"
+        } else {
+            return Err(meta.error(
+                "unknown #[subscriber] argument; expected `topic = \"orders.created\"` or `pattern = \"orders.*\"`",
+            ));
+        };
+        if !matches!(source, Source::Event) {
+            return Err(meta.error("give either `topic` or `pattern`, once"));
+        }
+        let lit: LitStr = meta.value()?.parse()?;
+        source = if key == "topic" {
+            check_lit(&lit, NameKind::Name)?;
+            Source::Topic(lit)
+        } else {
+            check_lit(&lit, NameKind::Pattern)?;
+            Source::Pattern(lit)
+        };
+        Ok(())
+    });
+    syn::parse::Parser::parse2(parser, attr)?;
+    let function: ItemFn = syn::parse2(item)?;
+    let sig = &function.sig;
+
+    if let Some(FnArg::Receiver(receiver)) = sig.inputs.first() {
+        return Err(error(
+            receiver.span(),
+            "#[subscriber] goes on a free function, not a method: \
+             `#[subscriber] fn on_order(order: OrderCreated)`",
+        ));
+    }
+    signature::check_plain(sig, "subscriber")?;
+    let args = signature::typed_args(sig);
+    let (event, context) = match args.as_slice() {
+        [] => return Err(error(
+            sig.paren_token.span.join(),
+            "a #[subscriber] takes the event as its parameter: `fn on_order(order: OrderCreated)`",
+        )),
+        [event] => (event, Context::None),
+        [event, second] => (event, context_of(second)?),
+        [_, _, third, ..] => {
+            return Err(error(
+                third.ty.span(),
+                "a #[subscriber] takes one event parameter, optionally followed by `&Bus`",
+            ))
+        }
+    };
+    if let Type::Reference(reference) = &event.ty {
+        return Err(error(
+            reference.span(),
+            "a #[subscriber] takes its event by value: remove the `&`",
+        ));
+    }
+
+    let p = quote!(::busbar::__private);
+    let fn_ident = &sig.ident;
+    let fn_name = fn_ident.unraw().to_string();
+    let vis = &function.vis;
+    let event_ty = &event.ty;
+    let is_async = sig.asyncness.is_some();
+
+    let (pattern, subscribe, check_event, shown) = match &source {
+        Source::Event => (
+            quote!(<#event_ty as #p::Event>::TOPIC),
+            quote!(bus.on::<#event_ty, _, _>(handler)),
+            quote_spanned!(event_ty.span()=> #p::assert_event::<#event_ty>();),
+            "the event type's `TOPIC`".to_string(),
+        ),
+        Source::Topic(lit) | Source::Pattern(lit) => (
+            quote!(#lit),
+            quote!(bus.on_pattern::<#event_ty, _, _>(Self::PATTERN, handler)),
+            quote_spanned!(event_ty.span()=> #p::assert_payload::<#event_ty>();),
+            format!("`{}`", lit.value()),
+        ),
+    };
+
+    let event_ident = proc_macro2::Ident::new("event", proc_macro2::Span::mixed_site());
+    let ctx = proc_macro2::Ident::new("context", proc_macro2::Span::mixed_site());
+    let context_arg = match &context {
+        Context::None => quote!(),
+        Context::Ref => quote!(, &#ctx),
+        Context::Owned => quote!(, #p::Clone::clone(&#ctx)),
+    };
+    let call = quote!(#fn_ident(#event_ident #context_arg));
+    let handler = match (&context, is_async) {
+        (Context::None, true) => quote!(let handler = #fn_ident;),
+        (Context::None, false) => quote!(let handler = |#event_ident: #event_ty| #p::ready(#call);),
+        (_, true) => quote! {
+            let bus_for_handler = #p::Clone::clone(bus);
+            let handler = move |#event_ident: #event_ty| {
+                let #ctx = #p::Clone::clone(&bus_for_handler);
+                async move { #call.await }
+            };
+        },
+        (_, false) => quote! {
+            let #ctx = #p::Clone::clone(bus);
+            let handler = move |#event_ident: #event_ty| #p::ready(#call);
+        },
+    };
+    let return_ty = match &sig.output {
+        syn::ReturnType::Default => quote!(()),
+        syn::ReturnType::Type(_, ty) => quote!(#ty),
+    };
+    let return_check =
+        quote_spanned!(signature::return_span(sig)=> #p::assert_subscriber_return::<#return_ty>(););
+
+    let doc = format!(
+        "Subscription companion of the `#[subscriber]` function [`{fn_name}`](fn@{fn_name}), \
+         listening on {shown}: [`subscribe`](Self::subscribe) and [`ENDPOINT`](Self::ENDPOINT)."
+    );
+
+    Ok(quote! {
+        #function
+
+        #[doc = #doc]
+        #[allow(non_camel_case_types, dead_code)]
+        #vis struct #fn_ident {
+            _private: (),
+        }
+
+        #[allow(dead_code)]
+        impl #fn_ident {
+            /// The topic or pattern this subscriber listens on.
+            pub const PATTERN: &'static str = #pattern;
+
+            /// The endpoint, for `Bus::start_endpoints` (explicit registration).
+            pub const ENDPOINT: #p::Endpoint = #p::Endpoint::__new(
+                #p::EndpointKind::Subscriber,
+                Self::PATTERN,
+                #p::module_path!(),
+                #fn_name,
+                Self::__start,
+            );
+
+            /// Runs the function for each matching event on `bus`, one at a time,
+            /// until the returned listener is dropped.
+            pub async fn subscribe(bus: &#p::Bus) -> #p::Result<#p::Listener> {
+                #handler
+                #subscribe.await
+            }
+
+            fn __start(bus: &#p::Bus) -> #p::BoxFuture<'_, #p::Result<#p::Running>> {
+                #p::Box::pin(async move {
+                    #p::Ok(#p::running(Self::subscribe(bus).await?))
+                })
+            }
+        }
+
+        const _: () = {
+            #check_event
+            #return_check
+            #p::inventory::submit! { #fn_ident::ENDPOINT }
+        };
+    })
+}
+
+/// The optional second parameter: `&Bus` or `Bus`.
+fn context_of(arg: &Arg) -> syn::Result<Context> {
+    let names_bus = |ty: &Type| match ty {
+        Type::Path(path) => {
+            path.qself.is_none() && path.path.segments.last().is_some_and(|s| s.ident == "Bus")
+        }
+        _ => false,
+    };
+    match &arg.ty {
+        Type::Reference(reference)
+            if reference.mutability.is_none() && names_bus(&reference.elem) =>
+        {
+            Ok(Context::Ref)
+        }
+        ty if names_bus(ty) => Ok(Context::Owned),
+        ty => Err(error(
+            ty.span(),
+            "a #[subscriber] takes exactly one event parameter; a second parameter may only be \
+             `&Bus` (the bus the event came from). Subscribe another function for another event",
+        )),
+    }
+}

@@ -1,0 +1,7 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, busbar::Event)]
+#[event(topic = "orders.")]
+struct OrderCreated {}
+
+fn main() {}

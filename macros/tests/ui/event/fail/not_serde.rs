@@ -1,0 +1,5 @@
+#[derive(busbar::Event)]
+#[event(topic = "orders.created")]
+struct OrderCreated {}
+
+fn main() {}

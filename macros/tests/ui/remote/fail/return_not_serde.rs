@@ -1,0 +1,8 @@
+struct Stock(u32);
+
+#[busbar::remote]
+fn stock() -> Stock {
+    Stock(1)
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+pub struct Empty;
+
+#[busbar::service]
+impl Empty {
+    fn private(&self) {}
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+pub struct Inventory;
+
+#[busbar::service]
+impl Clone for Inventory {
+    fn clone(&self) -> Self {
+        Inventory
+    }
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[busbar::subscriber(topic = "greetings")]
+fn on_greeting(_greeting: &str) {}
+
+fn main() {}

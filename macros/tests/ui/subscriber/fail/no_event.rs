@@ -1,0 +1,4 @@
+#[busbar::subscriber]
+fn on_nothing() {}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct OrderCreated {}
+
+#[busbar::subscriber]
+fn on_order(_order: OrderCreated) {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[busbar::subscriber(topic = "orders.*")]
+fn on_order(_order: String) {}
+
+fn main() {}

@@ -1,0 +1,39 @@
+use busbar::{Bus, Message};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, busbar::Event)]
+#[event(topic = "orders.created")]
+struct OrderCreated {
+    id: u64,
+}
+
+#[busbar::subscriber]
+fn sync_handler(_order: OrderCreated) {}
+
+#[busbar::subscriber]
+async fn async_handler(order: OrderCreated, bus: &Bus) -> busbar::Result<()> {
+    bus.publish(&order).await
+}
+
+#[busbar::subscriber]
+fn owned_bus(_order: OrderCreated, _bus: Bus) -> Result<(), String> {
+    Ok(())
+}
+
+#[busbar::subscriber(pattern = "orders.*")]
+async fn raw(_message: Message) {}
+
+#[busbar::subscriber(pattern = "sensors.>")]
+fn typed_pattern(_reading: f64) {}
+
+#[busbar::subscriber(topic = "legacy.orders")]
+fn other_topic((id, _note): (u64, String)) {
+    let _ = id;
+}
+
+fn main() {
+    let _ = (sync_handler::PATTERN, raw::ENDPOINT.name(), other_topic::PATTERN);
+    let _ = async_handler::subscribe;
+    let _ = owned_bus::subscribe;
+    let _ = typed_pattern::subscribe;
+}
