@@ -1,2 +1,321 @@
-//! Placeholder, filled in below.
-fn main() {}
+//! Throughput of the zmq transport through its broker, next to raw `zeromq`
+//! sockets measured in the same run.
+//!
+//! Run with `cargo bench -p busbar-zmq --bench zmq` (add `-- quick` for a short run).
+//! Everything is on 127.0.0.1 with free ports; the broker runs in this process
+//! on a runtime of its own.
+
+use busbar_core::{Bus, Fault, SubscribeOptions};
+use busbar_zmq::{Broker, ZmqBus};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+
+/// A 100-byte JSON payload (a string of 98 characters plus quotes).
+fn payload() -> String {
+    "x".repeat(98)
+}
+
+struct Sizes {
+    events: usize,
+    calls: usize,
+    concurrent_calls: usize,
+    items: usize,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "quick");
+    let sizes = if quick {
+        Sizes {
+            events: 50_000,
+            calls: 2_000,
+            concurrent_calls: 10_000,
+            items: 20_000,
+        }
+    } else {
+        Sizes {
+            events: 300_000,
+            calls: 10_000,
+            concurrent_calls: 50_000,
+            items: 100_000,
+        }
+    };
+    let (url, _broker_thread) = start_broker();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        println!("busbar zmq benchmark (100-byte payloads, loopback)");
+        let events = events_through_broker(&url, sizes.events).await;
+        let raw_events = raw_pub_sub(sizes.events).await;
+        println!(
+            "events: busbar {:.0}/s (lost unreported: 0) | raw PUB->SUB {:.0}/s received ({} of {} lost) | ratio {:.2}",
+            events,
+            raw_events.0,
+            raw_events.1,
+            sizes.events,
+            events / raw_events.0
+        );
+        let rpc = sequential_rpc(&url, sizes.calls).await;
+        let raw_rpc = raw_req_rep(sizes.calls).await;
+        println!(
+            "sequential RPC: busbar {rpc:.0} calls/s | raw REQ/REP {raw_rpc:.0}/s | ratio {:.2}",
+            rpc / raw_rpc
+        );
+        let parallel = concurrent_rpc(&url, sizes.concurrent_calls, 64).await;
+        println!("RPC with 64 in flight: busbar {parallel:.0} calls/s");
+        let items = queue_items(&url, sizes.items).await;
+        println!("queue put+get: busbar {items:.0} items/s");
+    });
+}
+
+fn start_broker() -> (String, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("broker runtime");
+        runtime.block_on(async move {
+            let broker = Broker::bind("tcp://127.0.0.1:0").await.expect("bind");
+            tx.send(broker.url()).expect("url");
+            std::future::pending::<()>().await;
+            drop(broker);
+        });
+    });
+    (rx.recv().expect("broker url"), thread)
+}
+
+async fn bus(url: &str) -> Bus {
+    Bus::from_transport(Arc::new(ZmqBus::connect(url).await.expect("connect")))
+}
+
+/// Events/s from one publisher to one subscriber through the broker; asserts
+/// every event arrived or was reported as missed.
+async fn events_through_broker(url: &str, n: usize) -> f64 {
+    let publisher = bus(url).await;
+    let subscriber = bus(url).await;
+    let mut sub = subscriber
+        .subscribe_with::<String>(
+            busbar_core::Pattern::new("bench.events").expect("pattern"),
+            SubscribeOptions { capacity: n + 1 },
+        )
+        .await
+        .expect("subscribe");
+    let text = payload();
+    let started = Instant::now();
+    let publishing = tokio::spawn(async move {
+        for _ in 0..n {
+            publisher
+                .publish_to("bench.events", &text)
+                .await
+                .expect("publish");
+        }
+        publisher
+    });
+    let (mut received, mut missed) = (0usize, 0u64);
+    while received + (missed as usize) < n {
+        match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
+            Ok(Some(Ok(_))) => received += 1,
+            Ok(Some(Err(busbar_core::Error::Lagged { missed: m }))) => missed += m,
+            other => panic!("event stream failed after {received}: {other:?}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    let _publisher = publishing.await.expect("publisher");
+    assert_eq!(
+        received + missed as usize,
+        n,
+        "every event arrived or was reported"
+    );
+    if missed > 0 {
+        println!("  (the subscriber was told it missed {missed} events)");
+    }
+    n as f64 / elapsed.as_secs_f64()
+}
+
+/// Raw zeromq PUB->SUB in the same run: rate received, and how many were lost.
+async fn raw_pub_sub(n: usize) -> (f64, usize) {
+    let mut publisher = zeromq::PubSocket::new();
+    let endpoint = publisher
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .expect("bind")
+        .to_string();
+    let mut subscriber = zeromq::SubSocket::new();
+    subscriber.connect(&endpoint).await.expect("connect");
+    subscriber.subscribe("").await.expect("subscribe");
+    // Slow joiner: publish probes until one arrives (raw PUB/SUB needs this).
+    let probe = Bytes::from_static(b"probe");
+    loop {
+        publisher
+            .send(ZmqMessage::from(probe.clone()))
+            .await
+            .expect("probe");
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(20), subscriber.recv()).await
+        {
+            break;
+        }
+    }
+    let data = Bytes::from(payload().into_bytes());
+    let started = Instant::now();
+    let sender = tokio::spawn(async move {
+        for _ in 0..n {
+            publisher
+                .send(ZmqMessage::from(data.clone()))
+                .await
+                .expect("send");
+        }
+        publisher
+    });
+    let mut received = 0usize;
+    let mut last = started;
+    while received < n {
+        match tokio::time::timeout(Duration::from_millis(500), subscriber.recv()).await {
+            Ok(Ok(message)) => {
+                if message.get(0).is_some_and(|f| f.as_ref() != b"probe") {
+                    received += 1;
+                    last = Instant::now();
+                }
+            }
+            _ => break,
+        }
+    }
+    let _publisher = sender.await.expect("sender");
+    let elapsed = last.duration_since(started).max(Duration::from_micros(1));
+    (received as f64 / elapsed.as_secs_f64(), n - received)
+}
+
+async fn sequential_rpc(url: &str, n: usize) -> f64 {
+    let server = bus(url).await;
+    let client = bus(url).await;
+    let _provider = server
+        .expose("bench.echo", |x: u64| async move { Ok::<_, Fault>(x) })
+        .await
+        .expect("expose");
+    let stub = client.stub::<u64, u64>("bench.echo").expect("stub");
+    for i in 0..100 {
+        stub.call(&i).await.expect("warm-up call");
+    }
+    let started = Instant::now();
+    for i in 0..n as u64 {
+        assert_eq!(stub.call(&i).await.expect("call"), i);
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn raw_req_rep(n: usize) -> f64 {
+    let mut rep = zeromq::RepSocket::new();
+    let endpoint = rep
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .expect("bind")
+        .to_string();
+    let server = tokio::spawn(async move {
+        for _ in 0..n + 100 {
+            let message = rep.recv().await.expect("recv");
+            rep.send(message).await.expect("send");
+        }
+    });
+    let mut req = zeromq::ReqSocket::new();
+    req.connect(&endpoint).await.expect("connect");
+    let data = Bytes::from_static(b"12345678");
+    for _ in 0..100 {
+        req.send(ZmqMessage::from(data.clone()))
+            .await
+            .expect("send");
+        req.recv().await.expect("recv");
+    }
+    let started = Instant::now();
+    for _ in 0..n {
+        req.send(ZmqMessage::from(data.clone()))
+            .await
+            .expect("send");
+        req.recv().await.expect("recv");
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    server.await.expect("server");
+    rate
+}
+
+async fn concurrent_rpc(url: &str, n: usize, in_flight: usize) -> f64 {
+    let server = bus(url).await;
+    let client = bus(url).await;
+    let _provider = server
+        .expose("bench.echo64", |x: u64| async move { Ok::<_, Fault>(x) })
+        .await
+        .expect("expose");
+    let stub = client.stub::<u64, u64>("bench.echo64").expect("stub");
+    stub.call(&0).await.expect("warm-up call");
+    let started = Instant::now();
+    let per_task = n / in_flight;
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|t| {
+            let stub = stub.clone();
+            tokio::spawn(async move {
+                for i in 0..per_task as u64 {
+                    let x = (t as u64) << 32 | i;
+                    assert_eq!(stub.call(&x).await.expect("call"), x);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("caller");
+    }
+    (per_task * in_flight) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Items/s through one queue: 32 producers putting, 4 consumers getting, until
+/// every item was taken.
+async fn queue_items(url: &str, n: usize) -> f64 {
+    let producer = bus(url).await;
+    let consumer = bus(url).await;
+    let producers = 32;
+    let consumers = 4;
+    let per_producer = n / producers;
+    let total = per_producer * producers;
+    let started = Instant::now();
+    let puts: Vec<_> = (0..producers)
+        .map(|_| {
+            let queue = producer.queue::<String>("bench.jobs").expect("queue");
+            tokio::spawn(async move {
+                let text = payload();
+                for _ in 0..per_producer {
+                    queue.put(&text).await.expect("put");
+                }
+            })
+        })
+        .collect();
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let gets: Vec<_> = (0..consumers)
+        .map(|_| {
+            let queue = consumer.queue::<String>("bench.jobs").expect("queue");
+            let taken = taken.clone();
+            tokio::spawn(async move {
+                while taken.load(std::sync::atomic::Ordering::Relaxed) < total {
+                    if queue
+                        .get(Duration::from_millis(200))
+                        .await
+                        .expect("get")
+                        .is_some()
+                    {
+                        taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in puts {
+        task.await.expect("producer");
+    }
+    for task in gets {
+        task.await.expect("consumer");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}

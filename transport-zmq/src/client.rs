@@ -177,6 +177,9 @@ impl Pending<'_> {
             return Err(Error::Closed);
         };
         match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(Answer::Lost)) | Ok(Err(_)) if shared.closed.load(Ordering::Acquire) => {
+                Err(Error::Closed)
+            }
             Ok(Ok(Answer::Lost)) | Ok(Err(_)) => Err(Error::transport(format!(
                 "lost the connection to the zmq broker at {} before it answered",
                 shared.config.endpoint
@@ -652,6 +655,9 @@ fn no_responders(request: &Envelope) -> Error {
 }
 
 fn lost(shared: &Shared) -> Error {
+    if shared.closed.load(Ordering::Acquire) {
+        return Error::Closed;
+    }
     Error::transport(format!(
         "lost the connection to the zmq broker at {} during the call",
         shared.config.endpoint

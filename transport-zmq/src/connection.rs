@@ -75,13 +75,10 @@ impl Session {
                 .await
                 .map_err(|err| transport("no welcome from the broker", err))?
                 .into_vec();
-            let Ok((command, args)) = protocol::split(&message) else {
+            let Some(args) = find(&message, cmd::WELCOME) else {
                 continue;
             };
-            if command != cmd::WELCOME {
-                continue;
-            }
-            let [heartbeat, liveness, _broker] = protocol::args(args, "WELCOME")
+            let [heartbeat, liveness, _broker] = protocol::args(&args, "WELCOME")
                 .map_err(|err| transport("bad welcome from the broker", err))?;
             let heartbeat = protocol::read_u32(&heartbeat, "heartbeat")
                 .map_err(|err| transport("bad welcome from the broker", err))?;
@@ -103,6 +100,22 @@ impl Session {
             .await
             .map_err(|err| format!("send to the broker failed: {err}"))
     }
+}
+
+/// The arguments of `command` in a message, alone or inside a batch.
+fn find(frames: &[Bytes], command: u8) -> Option<Vec<Bytes>> {
+    let (first, args) = protocol::split(frames).ok()?;
+    if first == command {
+        return Some(args.to_vec());
+    }
+    if first != cmd::BROKER_BATCH {
+        return None;
+    }
+    protocol::unbatch(args)
+        .ok()?
+        .into_iter()
+        .find(|(c, _)| *c == command)
+        .map(|(_, args)| args.to_vec())
 }
 
 /// Why a session ended.
@@ -333,7 +346,24 @@ async fn drive(
                         goodbye(shared, session).await;
                         return End::Bye(done);
                     }
-                    Outbound::Command { frames, .. } => session.send(frames).await,
+                    Outbound::Command { frames, .. } => {
+                        let mut messages = vec![frames];
+                        while messages.len() < protocol::MAX_BATCH_COMMANDS {
+                            match try_next_out(backlog, out) {
+                                Some(Outbound::Command { frames, .. }) => messages.push(frames),
+                                Some(other) => {
+                                    backlog.push_front(other);
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        if messages.len() == 1 {
+                            session.send(messages.pop().unwrap_or_default()).await
+                        } else {
+                            session.send(protocol::batch(cmd::BATCH, messages)).await
+                        }
+                    }
                     Outbound::Publish(first, permit) => {
                         let seq = next_seq;
                         next_seq += 1;
@@ -377,8 +407,7 @@ async fn goodbye(shared: &Shared, session: &mut Session) {
     }
     let confirmed = async {
         while let Ok(message) = session.recv.recv().await {
-            let frames = message.into_vec();
-            if matches!(protocol::split(&frames), Ok((cmd::GOODBYE, _))) {
+            if find(&message.into_vec(), cmd::GOODBYE).is_some() {
                 return;
             }
         }
@@ -400,6 +429,29 @@ fn incoming(shared: &Arc<Shared>, frames: Vec<Bytes>, unacked: &mut VecDeque<u64
             return None;
         }
     };
+    if command != cmd::BROKER_BATCH {
+        return incoming_command(shared, command, args, unacked);
+    }
+    match protocol::unbatch(args) {
+        Ok(commands) => {
+            for (command, args) in commands {
+                if let Some(end) = incoming_command(shared, command, args, unacked) {
+                    return Some(end);
+                }
+            }
+        }
+        Err(why) => rejected(shared, &why),
+    }
+    None
+}
+
+/// Handles one command from the broker; `Some` ends the session.
+fn incoming_command(
+    shared: &Arc<Shared>,
+    command: u8,
+    args: &[Bytes],
+    unacked: &mut VecDeque<u64>,
+) -> Option<End> {
     let outcome = match command {
         cmd::RESET => {
             return Some(End::Lost(

@@ -32,6 +32,7 @@ pub(crate) mod cmd {
     pub(crate) const CALL_ALL: u8 = 0x33;
     pub(crate) const REPLY: u8 = 0x34;
     pub(crate) const DECLINE: u8 = 0x35;
+    pub(crate) const BATCH: u8 = 0x7F;
 
     pub(crate) const WELCOME: u8 = 0x81;
     pub(crate) const BROKER_HEARTBEAT: u8 = 0x82;
@@ -52,6 +53,7 @@ pub(crate) mod cmd {
     pub(crate) const RESULT: u8 = 0xB4;
     pub(crate) const FAILED: u8 = 0xB5;
     pub(crate) const WITHDRAWN: u8 = 0xB6;
+    pub(crate) const BROKER_BATCH: u8 = 0xFF;
 }
 
 /// A malformed message: what is wrong with it.
@@ -78,6 +80,51 @@ pub(crate) fn message(command: u8, args: impl IntoIterator<Item = Bytes>) -> Vec
     ];
     frames.extend(args);
     frames
+}
+
+/// The feature a client names in HELLO to receive BROKER_BATCH messages.
+pub(crate) const FEATURE_BATCH: &str = "batch";
+
+/// Most commands packed into one BATCH message.
+pub(crate) const MAX_BATCH_COMMANDS: usize = 64;
+
+/// Packs whole messages (`[signature, command, args...]`) into one BATCH
+/// message: after the signature and `batch_command`, each command is a 3-byte
+/// head frame (command u8, argument count u16) followed by its arguments.
+pub(crate) fn batch(batch_command: u8, messages: Vec<Vec<Bytes>>) -> Vec<Bytes> {
+    let mut out = vec![
+        Bytes::from_static(SIGNATURE),
+        Bytes::copy_from_slice(&[batch_command]),
+    ];
+    for message in messages {
+        let mut parts = message.into_iter().skip(1);
+        let command = parts.next().and_then(|c| c.first().copied()).unwrap_or(0);
+        let args: Vec<Bytes> = parts.collect();
+        let count = (args.len() as u16).to_be_bytes();
+        out.push(Bytes::copy_from_slice(&[command, count[0], count[1]]));
+        out.extend(args);
+    }
+    out
+}
+
+/// Unpacks the arguments of a BATCH message into (command, args) pairs.
+pub(crate) fn unbatch(args: &[Bytes]) -> Parsed<Vec<(u8, &[Bytes])>> {
+    let mut out = Vec::new();
+    let mut rest = args;
+    while let Some((head, tail)) = rest.split_first() {
+        let [command, hi, lo] = <[u8; 3]>::try_from(head.as_ref())
+            .or_else(|_| malformed("BATCH: a command head must be 3 bytes"))?;
+        let count = u16::from_be_bytes([hi, lo]) as usize;
+        if count > tail.len() {
+            return malformed("BATCH: a command claims more frames than remain");
+        }
+        if command == cmd::BATCH || command == cmd::BROKER_BATCH {
+            return malformed("BATCH: batches do not nest");
+        }
+        out.push((command, &tail[..count]));
+        rest = &tail[count..];
+    }
+    Ok(out)
 }
 
 /// A u64 frame.
@@ -319,6 +366,26 @@ mod tests {
         let (command, rest) = split(&frames).unwrap();
         assert_eq!(command, cmd::HELLO);
         assert_eq!(rest.len(), 1);
+    }
+
+    #[test]
+    fn batches_round_trip_and_refuse_garbage() {
+        let messages = vec![
+            message(cmd::OK, [u64_frame(1)]),
+            message(cmd::COUNT, [u64_frame(2), u64_frame(3)]),
+            message(cmd::GOODBYE, []),
+        ];
+        let packed = batch(cmd::BROKER_BATCH, messages);
+        let (command, args) = split(&packed).unwrap();
+        assert_eq!(command, cmd::BROKER_BATCH);
+        let unpacked = unbatch(args).unwrap();
+        assert_eq!(unpacked.len(), 3);
+        assert_eq!(unpacked[1].0, cmd::COUNT);
+        assert_eq!(read_u64(&unpacked[1].1[1], "n").unwrap(), 3);
+        assert!(unpacked[2].1.is_empty());
+        assert!(unbatch(&[Bytes::from_static(&[cmd::OK, 0, 5])]).is_err());
+        assert!(unbatch(&[Bytes::from_static(&[cmd::OK])]).is_err());
+        assert!(unbatch(&[Bytes::from_static(&[cmd::BATCH, 0, 0])]).is_err());
     }
 
     #[test]

@@ -104,7 +104,9 @@ async fn garbage_frames_are_rejected_counted_and_harmless() {
         vec![b"hello"],
         vec![b"XXXX", &[0x02]],
         vec![b"BBZ1", &[0x02, 0x03]],
-        vec![b"BBZ1", &[0x7f]],
+        vec![b"BBZ1", &[0x6e]],
+        vec![b"BBZ1", &[0x7f], &[0x20, 0, 9]],
+        vec![b"BBZ1", &[0x7f], &[0x01, 0, 0]],
         vec![b"BBZ1", &[0x10], b"short"],
         vec![b"BBZ1", &[0x10], &U1, b"bad..pattern"],
         vec![

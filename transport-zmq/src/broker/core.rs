@@ -337,9 +337,37 @@ impl Core {
             }
         };
         if command == cmd::HELLO {
-            self.hello(identity.clone());
+            let batches = args
+                .get(1)
+                .and_then(|f| std::str::from_utf8(f).ok())
+                .is_some_and(|features| features.split(',').any(|f| f == protocol::FEATURE_BATCH));
+            self.hello(identity.clone(), batches);
             return;
         }
+        if command == cmd::BATCH {
+            match protocol::unbatch(args) {
+                Ok(commands) => {
+                    for (command, args) in commands {
+                        if command == cmd::HELLO {
+                            reject(
+                                &self.counters,
+                                identity,
+                                &Malformed("BATCH: HELLO must come alone".into()),
+                            );
+                            continue;
+                        }
+                        self.command(identity, command, args);
+                    }
+                }
+                Err(why) => reject(&self.counters, identity, &why),
+            }
+            return;
+        }
+        self.command(identity, command, args);
+    }
+
+    /// Handles one command of a known or unknown client.
+    fn command(&mut self, identity: &Bytes, command: u8, args: &[Bytes]) {
         let Some(key) = self.by_identity.get(identity).copied() else {
             if command != cmd::BYE {
                 // Unknown (never said hello, or dropped as dead): ask it to start over.
@@ -396,7 +424,7 @@ impl Core {
         }
     }
 
-    fn hello(&mut self, identity: Bytes) {
+    fn hello(&mut self, identity: Bytes, batches: bool) {
         if let Some(old) = self.by_identity.get(&identity).copied() {
             self.drop_client(old, "it said hello again");
         }
@@ -410,6 +438,7 @@ impl Core {
             identity.clone(),
             self.socket.clone(),
             self.config.high_water / 5,
+            batches,
             internal,
         );
         outbox.send(protocol::message(

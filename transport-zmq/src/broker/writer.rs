@@ -39,6 +39,7 @@ impl Outbox {
         identity: Bytes,
         socket: zeromq::RouterSendHalf,
         low_water: usize,
+        batches: bool,
         internal: mpsc::UnboundedSender<Internal>,
     ) -> Outbox {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -52,6 +53,7 @@ impl Outbox {
             queued.clone(),
             above.clone(),
             low_water,
+            batches,
             internal,
         ));
         Outbox { tx, queued, above }
@@ -81,6 +83,7 @@ async fn write(
     queued: Arc<AtomicUsize>,
     above: Arc<AtomicBool>,
     low_water: usize,
+    batches: bool,
     internal: mpsc::UnboundedSender<Internal>,
 ) {
     let mut held: Option<Out> = None;
@@ -93,7 +96,25 @@ async fn write(
             },
         };
         let (frames, events) = match first {
-            Out::Frames(frames) => (frames, 0),
+            Out::Frames(frames) if !batches => (frames, 0),
+            Out::Frames(frames) => {
+                let mut messages = vec![frames];
+                while messages.len() < protocol::MAX_BATCH_COMMANDS {
+                    match rx.try_recv() {
+                        Ok(Out::Frames(frames)) => messages.push(frames),
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if messages.len() == 1 {
+                    (messages.pop().unwrap_or_default(), 0)
+                } else {
+                    (protocol::batch(cmd::BROKER_BATCH, messages), 0)
+                }
+            }
             Out::Event { subs, envelope } => {
                 let mut frames = protocol::message(cmd::EVENT, [subs]);
                 let mut bytes = envelope.len();
