@@ -600,6 +600,10 @@ pub async fn competing_receivers_ack_each_item_once(h: Harness) {
 
 /// A consumer blocked in `get` when its bus shuts down stops taking work: it
 /// returns `Closed` promptly, and an item put afterwards goes to a live consumer.
+///
+/// Two gets wait on the doomed bus; an item put from another bus wakes one of
+/// them, which shows the gets are parked in the transport (there is no other
+/// signal for that). The bus then shuts down while the other get waits.
 pub async fn shutdown_stops_a_blocked_consumer(h: Harness) {
     let name = h.name("stopping");
     let doomed = h.bus().await;
@@ -607,18 +611,25 @@ pub async fn shutdown_stops_a_blocked_consumer(h: Harness) {
     let Some(blocked) = queue_on::<u32>(&doomed, &name).await else {
         return;
     };
-    let waiting = tokio::spawn(async move { blocked.get(Duration::from_secs(30)).await });
-    // Let the get start waiting before the shutdown (it may also see the
-    // shutdown first; both must end the same way).
-    tokio::task::yield_now().await;
-    ok("shutdown", doomed.shutdown().await);
-    match ok("get task", within("the blocked get to end", waiting).await) {
-        Err(Error::Closed) => {}
-        other => panic!("a get blocked at shutdown must return Closed, got {other:?}"),
+    let (tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..2 {
+        let (blocked, tx) = (blocked.clone(), tx.clone());
+        tokio::spawn(async move {
+            let _ = tx.send(blocked.get(Duration::from_secs(30)).await);
+        });
     }
     let q = ok("queue", live.queue::<u32>(&name));
     ok("put", q.put(&1).await);
-    assert_eq!(take("the item, left for the live consumer", &q).await, 1);
+    let first = within("a waiting get to take the item", done.recv()).await;
+    assert_eq!(ok("get", first.expect("a get result")), Some(1));
+
+    ok("shutdown", doomed.shutdown().await);
+    match within("the blocked get to end", done.recv()).await {
+        Some(Err(Error::Closed)) => {}
+        other => panic!("a get blocked at shutdown must return Closed, got {other:?}"),
+    }
+    ok("put", q.put(&2).await);
+    assert_eq!(take("the item, left for the live consumer", &q).await, 2);
 }
 
 /// Stats: `redelivered` counts items handed out again after a nack.
