@@ -21,6 +21,7 @@
 //! for the event itself. To show that something does *not* arrive, a test
 //! publishes a later sentinel and checks that nothing else came before it, which
 //! per-publisher order makes sound.
+#![deny(missing_docs)]
 
 use busbar_core::{Bus, Error, Result};
 use futures::future::BoxFuture;
