@@ -128,3 +128,40 @@ async fn url_errors_name_the_file_never_the_key() {
         }
     }
 }
+
+#[tokio::test]
+async fn rpc_over_pubsub_composes_above_the_layer() {
+    use busbar_core::fallback::RpcOverPubSub;
+    use busbar_core::security::{KeyRing, SecureLayer};
+    use std::sync::Arc;
+    let hub = format!("secured-fallback-{}", std::process::id());
+    let open = |byte: u8| {
+        let keys = KeyRing::new("k1", &[byte; 32]).unwrap();
+        let memory: Arc<dyn busbar_core::EventBus> =
+            Arc::new(busbar_memory::MemoryBus::connect(&hub));
+        Bus::from_transport(Arc::new(RpcOverPubSub::new(
+            SecureLayer::new(keys).encrypt(true).layer(memory),
+        )))
+    };
+    let (provider, caller, stranger) = (open(1), open(1), open(2));
+    let _serving = provider
+        .expose("fallback.double", |x: u32| async move {
+            Ok::<_, busbar_core::Fault>(x * 2)
+        })
+        .await
+        .unwrap();
+    let stub = caller.stub::<u32, u32>("fallback.double").unwrap();
+    assert_eq!(stub.call(&21).await.unwrap(), 42);
+    let all = stub.call_all(&4).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(*all[0].as_ref().unwrap(), 8);
+    let foreign = stranger
+        .stub::<u32, u32>("fallback.double")
+        .unwrap()
+        .timeout(Duration::from_millis(300));
+    assert!(
+        foreign.call(&1).await.is_err(),
+        "a caller with another key gets no answer"
+    );
+    assert!(provider.stats().rejected >= 1);
+}

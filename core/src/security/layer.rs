@@ -276,6 +276,12 @@ impl EventBus for Secured {
         self.inner.publish(self.shared.outgoing(event)?).await
     }
 
+    async fn publish_reaching(&self, event: Envelope) -> Result<Option<usize>> {
+        self.inner
+            .publish_reaching(self.shared.outgoing(event)?)
+            .await
+    }
+
     async fn subscribe(
         &self,
         pattern: &Pattern,

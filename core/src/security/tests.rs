@@ -142,6 +142,9 @@ proptest! {
         bytes.truncate(cut.index(bytes.len() + 1));
         let input = Bytes::from(bytes);
         if let Ok(decoded) = wire::decode(&input, wire::DEFAULT_MAX_ENVELOPE) {
+            // Canonical: what decodes re-encodes to the very bytes received, so
+            // the MAC over a re-encoding stands for the bytes on the wire.
+            prop_assert_eq!(&wire::encode(&decoded).unwrap()[..], &input[..]);
             let _ = verify(&decoded, &keys());
             let mut opened = decoded;
             let _ = seal::open(&mut opened, keys().signing());
