@@ -69,7 +69,7 @@ fn main() {
         let parallel = concurrent_rpc(&url, sizes.concurrent_calls, 64).await;
         println!("RPC with 64 in flight: busbar {parallel:.0} calls/s");
         let items = queue_items(&url, sizes.items).await;
-        println!("queue put+get: busbar {items:.0} items/s");
+        println!("queue put+get (32 producers, 32 consumers): busbar {items:.0} items/s");
     });
 }
 
@@ -271,13 +271,13 @@ async fn concurrent_rpc(url: &str, n: usize, in_flight: usize) -> f64 {
     (per_task * in_flight) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Items/s through one queue: 32 producers putting, 4 consumers getting, until
+/// Items/s through one queue: 32 producers putting, 32 consumers getting, until
 /// every item was taken.
 async fn queue_items(url: &str, n: usize) -> f64 {
     let producer = bus(url).await;
     let consumer = bus(url).await;
     let producers = 32;
-    let consumers = 4;
+    let consumers = 32;
     let per_producer = n / producers;
     let total = per_producer * producers;
     let started = Instant::now();

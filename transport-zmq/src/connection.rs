@@ -9,7 +9,7 @@ use crate::protocol::{self, cmd, Malformed, Parsed};
 use busbar_core::reply::respond;
 use busbar_core::{wire, Error, Result, Stats};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -624,7 +624,7 @@ fn request(shared: &Arc<Shared>, args: &[Bytes]) -> Parsed<()> {
     };
     let running = shared.in_flight.enter();
     let shared = shared.clone();
-    tokio::spawn(async move {
+    let mut work = Box::pin(async move {
         let _running = running;
         if let Some(reply) = respond(&*handler, request, &shared.stats).await {
             match wire::encode(&reply) {
@@ -636,5 +636,10 @@ fn request(shared: &Arc<Shared>, args: &[Bytes]) -> Parsed<()> {
             }
         }
     });
+    // A handler that answers at once (no waiting) is done here, without a task
+    // hop; one that waits continues in a task of its own.
+    if (&mut work).now_or_never().is_none() {
+        tokio::spawn(work);
+    }
     Ok(())
 }

@@ -114,11 +114,14 @@ impl Ord for TimerEntry {
     }
 }
 
+/// One subscription as the router sees it: its client, id, and id frame.
+type Target = (u64, u64, Bytes);
+
 /// Subscriptions, indexed: literal patterns by topic, wildcard patterns in a list.
 #[derive(Default)]
 struct Subscriptions {
-    literal: HashMap<String, Vec<(u64, u64)>>,
-    wildcard: Vec<(Pattern, u64, u64)>,
+    literal: HashMap<String, Vec<Target>>,
+    wildcard: Vec<(Pattern, Target)>,
     patterns: HashMap<(u64, u64), Pattern>,
 }
 
@@ -127,13 +130,14 @@ impl Subscriptions {
         if self.patterns.contains_key(&(client, sub)) {
             return;
         }
+        let target = (client, sub, protocol::u64_frame(sub));
         if pattern.is_literal() {
             self.literal
                 .entry(pattern.as_str().to_owned())
                 .or_default()
-                .push((client, sub));
+                .push(target);
         } else {
-            self.wildcard.push((pattern.clone(), client, sub));
+            self.wildcard.push((pattern.clone(), target));
         }
         self.patterns.insert((client, sub), pattern);
     }
@@ -144,29 +148,30 @@ impl Subscriptions {
         };
         if pattern.is_literal() {
             if let Some(list) = self.literal.get_mut(pattern.as_str()) {
-                list.retain(|&entry| entry != (client, sub));
+                list.retain(|(c, s, _)| (*c, *s) != (client, sub));
                 if list.is_empty() {
                     self.literal.remove(pattern.as_str());
                 }
             }
         } else {
-            self.wildcard.retain(|(_, c, s)| (*c, *s) != (client, sub));
+            self.wildcard
+                .retain(|(_, (c, s, _))| (*c, *s) != (client, sub));
         }
     }
 
-    /// Every (client, subscription) matching `topic`, sorted by client.
-    fn matching(&self, topic: &str, out: &mut Vec<(u64, u64)>) {
+    /// Every subscription matching `topic`, sorted by client.
+    fn matching(&self, topic: &str, out: &mut Vec<Target>) {
         out.clear();
         if let Some(list) = self.literal.get(topic) {
             out.extend_from_slice(list);
         }
-        for (pattern, client, sub) in &self.wildcard {
+        for (pattern, target) in &self.wildcard {
             if pattern.matches(topic) {
-                out.push((*client, *sub));
+                out.push(target.clone());
             }
         }
         if out.len() > 1 {
-            out.sort_unstable();
+            out.sort_unstable_by_key(|(client, sub, _)| (*client, *sub));
         }
     }
 }
@@ -190,7 +195,7 @@ pub(crate) struct Core {
     deferred: Vec<Deferred>,
     timers: BinaryHeap<Reverse<TimerEntry>>,
     timer_seq: u64,
-    scratch: Vec<(u64, u64)>,
+    scratch: Vec<Target>,
 }
 
 impl Core {
@@ -554,8 +559,9 @@ impl Core {
             return Err(Malformed("PUBLISH: missing the batch number".into()));
         };
         let seq = protocol::read_u64(seq, "batch number")?;
-        let mut blockers: Vec<u64> = Vec::new();
         let mut scratch = std::mem::take(&mut self.scratch);
+        // Per destination client, its events of this batch, in order.
+        let mut routed: Vec<(u64, Vec<(Bytes, Bytes)>)> = Vec::new();
         for envelope in envelopes {
             let topic = match protocol::peek(envelope, self.config.max_envelope) {
                 Ok(peek) if peek.kind == Kind::Event => peek.subject,
@@ -575,29 +581,39 @@ impl Core {
             self.subs.matching(topic, &mut scratch);
             let mut i = 0;
             while i < scratch.len() {
-                let client_key = scratch[i].0;
-                let mut j = i;
-                let mut ids = Vec::with_capacity(1);
-                while j < scratch.len() && scratch[j].0 == client_key {
-                    ids.push(scratch[j].1);
+                let client = scratch[i].0;
+                let mut j = i + 1;
+                while j < scratch.len() && scratch[j].0 == client {
                     j += 1;
                 }
+                let subs = if j - i == 1 {
+                    scratch[i].2.clone()
+                } else {
+                    let ids: Vec<u64> = scratch[i..j].iter().map(|t| t.1).collect();
+                    protocol::u64s_frame(&ids)
+                };
                 i = j;
-                if let Some(client) = self.clients.get(&client_key) {
-                    let queued = client
-                        .outbox
-                        .event(protocol::u64s_frame(&ids), envelope.clone());
-                    self.counters.events_out.fetch_add(1, Ordering::Relaxed);
-                    if queued > self.config.high_water {
-                        client.outbox.above.store(true, Ordering::Release);
-                        if !blockers.contains(&client_key) {
-                            blockers.push(client_key);
-                        }
-                    }
+                let pair = (subs, envelope.clone());
+                match routed.iter_mut().find(|(c, _)| *c == client) {
+                    Some((_, events)) => events.push(pair),
+                    None => routed.push((client, vec![pair])),
                 }
             }
         }
         self.scratch = scratch;
+        let mut blockers: Vec<u64> = Vec::new();
+        for (client_key, events) in routed {
+            let Some(client) = self.clients.get(&client_key) else {
+                continue;
+            };
+            self.counters
+                .events_out
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
+            if client.outbox.events(events) > self.config.high_water {
+                client.outbox.above.store(true, Ordering::Release);
+                blockers.push(client_key);
+            }
+        }
         if blockers.is_empty() {
             self.send(
                 key,

@@ -4,6 +4,7 @@
 use super::{cmd, Internal};
 use crate::protocol;
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -16,8 +17,8 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// What the broker queues for a client.
 pub(crate) enum Out {
-    /// An event for the listed subscriptions (a u64s frame) of this client.
-    Event { subs: Bytes, envelope: Bytes },
+    /// Events, each for the listed subscriptions (a u64s frame) of this client.
+    Events(Vec<(Bytes, Bytes)>),
     /// A whole message (signature and command included).
     Frames(Vec<Bytes>),
 }
@@ -45,27 +46,28 @@ impl Outbox {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let above = Arc::new(AtomicBool::new(false));
-        tokio::spawn(write(
+        let writer = Writer {
             key,
             identity,
             socket,
-            rx,
-            queued.clone(),
-            above.clone(),
+            queued: queued.clone(),
+            above: above.clone(),
             low_water,
             batches,
             internal,
-        ));
+        };
+        tokio::spawn(writer.run(rx));
         Outbox { tx, queued, above }
     }
 
-    /// Queues an event; returns the number of events now queued.
-    pub(crate) fn event(&self, subs: Bytes, envelope: Bytes) -> usize {
-        let n = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.tx.send(Out::Event { subs, envelope }).is_err() {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+    /// Queues events; returns the number of events now queued.
+    pub(crate) fn events(&self, events: Vec<(Bytes, Bytes)>) -> usize {
+        let n = events.len();
+        let queued = self.queued.fetch_add(n, Ordering::Relaxed) + n;
+        if self.tx.send(Out::Events(events)).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
         }
-        n
+        queued
     }
 
     /// Queues a whole message.
@@ -74,90 +76,106 @@ impl Outbox {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn write(
+struct Writer {
     key: u64,
     identity: Bytes,
-    mut socket: zeromq::RouterSendHalf,
-    mut rx: mpsc::UnboundedReceiver<Out>,
+    socket: zeromq::RouterSendHalf,
     queued: Arc<AtomicUsize>,
     above: Arc<AtomicBool>,
     low_water: usize,
     batches: bool,
     internal: mpsc::UnboundedSender<Internal>,
-) {
-    let mut held: Option<Out> = None;
-    loop {
-        let first = match held.take() {
-            Some(out) => out,
-            None => match rx.recv().await {
-                Some(out) => out,
-                None => return,
-            },
-        };
-        let (frames, events) = match first {
-            Out::Frames(frames) if !batches => (frames, 0),
-            Out::Frames(frames) => {
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Out>) {
+        let mut events: VecDeque<(Bytes, Bytes)> = VecDeque::new();
+        let mut held: Option<Vec<Bytes>> = None;
+        loop {
+            if events.is_empty() && held.is_none() {
+                match rx.recv().await {
+                    None => return,
+                    Some(Out::Events(more)) => events.extend(more),
+                    Some(Out::Frames(frames)) => held = Some(frames),
+                }
+            }
+            // Take what is already there, keeping the order: nothing after a
+            // held message may overtake it.
+            while held.is_none() && events.len() < MAX_EVENTS_PER_MESSAGE {
+                match rx.try_recv() {
+                    Ok(Out::Events(more)) => events.extend(more),
+                    Ok(Out::Frames(frames)) => held = Some(frames),
+                    Err(_) => break,
+                }
+            }
+            if !events.is_empty() {
+                let mut frames = protocol::message(cmd::EVENT, []);
+                let mut bytes = 0;
+                let mut n = 0;
+                while n < MAX_EVENTS_PER_MESSAGE && bytes < MAX_BATCH_BYTES {
+                    let Some((subs, envelope)) = events.pop_front() else {
+                        break;
+                    };
+                    bytes += envelope.len();
+                    frames.push(subs);
+                    frames.push(envelope);
+                    n += 1;
+                }
+                let result = self.send(frames).await;
+                let left = self.queued.fetch_sub(n, Ordering::Relaxed) - n;
+                if left <= self.low_water && self.above.swap(false, Ordering::AcqRel) {
+                    let _ = self.internal.send(Internal::Drained(self.key));
+                }
+                if result.is_err() {
+                    return self.drain(rx).await;
+                }
+                continue;
+            }
+            let Some(frames) = held.take() else {
+                continue;
+            };
+            let frames = if self.batches {
                 let mut messages = vec![frames];
                 while messages.len() < protocol::MAX_BATCH_COMMANDS {
                     match rx.try_recv() {
                         Ok(Out::Frames(frames)) => messages.push(frames),
-                        Ok(other) => {
-                            held = Some(other);
+                        Ok(Out::Events(more)) => {
+                            events.extend(more);
                             break;
                         }
                         Err(_) => break,
                     }
                 }
                 if messages.len() == 1 {
-                    (messages.pop().unwrap_or_default(), 0)
+                    messages.pop().unwrap_or_default()
                 } else {
-                    (protocol::batch(cmd::BROKER_BATCH, messages), 0)
+                    protocol::batch(cmd::BROKER_BATCH, messages)
                 }
+            } else {
+                frames
+            };
+            if self.send(frames).await.is_err() {
+                return self.drain(rx).await;
             }
-            Out::Event { subs, envelope } => {
-                let mut frames = protocol::message(cmd::EVENT, [subs]);
-                let mut bytes = envelope.len();
-                frames.push(envelope);
-                let mut events = 1;
-                while events < MAX_EVENTS_PER_MESSAGE && bytes < MAX_BATCH_BYTES {
-                    match rx.try_recv() {
-                        Ok(Out::Event { subs, envelope }) => {
-                            bytes += envelope.len();
-                            frames.push(subs);
-                            frames.push(envelope);
-                            events += 1;
-                        }
-                        Ok(other) => {
-                            held = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                (frames, events)
-            }
-        };
-        let mut message = ZmqMessage::from(identity.clone());
+        }
+    }
+
+    async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), ()> {
+        let mut message = ZmqMessage::from(self.identity.clone());
         for frame in frames {
             message.push_back(frame);
         }
-        let result = socket.send(message).await;
-        if events > 0 {
-            let left = queued.fetch_sub(events, Ordering::Relaxed) - events;
-            if left <= low_water && above.swap(false, Ordering::AcqRel) {
-                let _ = internal.send(Internal::Drained(key));
+        self.socket.send(message).await.map_err(|err| {
+            tracing::debug!(client = self.key, %err, "broker could not send to a client; it is going away");
+        })
+    }
+
+    /// The client is going away: keep the counters right until the broker drops it.
+    async fn drain(self, mut rx: mpsc::UnboundedReceiver<Out>) {
+        while let Some(out) = rx.recv().await {
+            if let Out::Events(events) = out {
+                self.queued.fetch_sub(events.len(), Ordering::Relaxed);
             }
-        }
-        if let Err(err) = result {
-            tracing::debug!(client = key, %err, "broker could not send to a client; it is going away");
-            // Keep draining so the counters stay right until the broker drops the client.
-            while let Some(out) = rx.recv().await {
-                if matches!(out, Out::Event { .. }) {
-                    queued.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-            return;
         }
     }
 }
