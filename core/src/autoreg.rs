@@ -346,21 +346,108 @@ pub(crate) mod macro_support {
         Registered::default()
     }
 
+    /// The arguments of a `#[remote]` function, as the tuple that travels (a JSON
+    /// array; `()` travels as `null`).
+    #[diagnostic::on_unimplemented(
+        message = "the arguments `{Self}` of a #[remote] function must all be serde types",
+        note = "derive `serde::Serialize` and `serde::Deserialize` for each argument type"
+    )]
+    pub trait RemoteArgs: Serialize + DeserializeOwned + Send + 'static {}
+    impl RemoteArgs for () {}
+    macro_rules! remote_args {
+        ($($arg:ident),+) => {
+            impl<$($arg: RemoteArg),+> RemoteArgs for ($($arg,)+) {}
+        };
+    }
+    remote_args!(A1);
+    remote_args!(A1, A2);
+    remote_args!(A1, A2, A3);
+    remote_args!(A1, A2, A3, A4);
+    remote_args!(A1, A2, A3, A4, A5);
+    remote_args!(A1, A2, A3, A4, A5, A6);
+    remote_args!(A1, A2, A3, A4, A5, A6, A7);
+    remote_args!(A1, A2, A3, A4, A5, A6, A7, A8);
+    remote_args!(A1, A2, A3, A4, A5, A6, A7, A8, A9);
+    remote_args!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10);
+    remote_args!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11);
+    remote_args!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12);
+    remote_args!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13);
+    remote_args!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13, A14);
+    remote_args!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13, A14, A15);
+    remote_args!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13, A14, A15, A16);
+
+    /// The error type of a fallible `#[remote]` function.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the error of a #[remote] function",
+        label = "the error travels to the caller as `Error::Remote`",
+        note = "implement `Display` and `serde::Serialize` for `{Self}` (its kind is then the serde variant name), or convert it into `busbar::Fault`"
+    )]
+    pub trait RemoteError: Into<Fault> + 'static {}
+    impl<E: Into<Fault> + 'static> RemoteError for E {}
+
     /// The typed stub for a method name validated at compile time.
-    pub fn stub<A: Serialize, R: DeserializeOwned>(bus: &Bus, name: &'static str) -> Stub<A, R> {
+    pub fn stub<A: RemoteArgs, R: RemoteReturn>(bus: &Bus, name: &'static str) -> Stub<A, R> {
         match Name::from_static(name) {
             Ok(name) => Stub::new(bus.clone(), name),
             Err(err) => panic!("busbar: {err}; #[remote] validates its names at compile time"),
         }
     }
 
-    /// A typed stub for `<prefix>.<method>`.
-    pub fn method_stub<A: Serialize, R: DeserializeOwned>(
+    /// Calls `name` on one provider.
+    pub async fn call<A: RemoteArgs, R: RemoteReturn>(
+        bus: &Bus,
+        name: &'static str,
+        args: A,
+    ) -> Result<R> {
+        stub::<A, R>(bus, name).call(&args).await
+    }
+
+    /// Serves `name` with a generated handler.
+    pub async fn expose<A, R, E, F, Fut>(bus: &Bus, name: &str, function: F) -> Result<Provider>
+    where
+        A: RemoteArgs,
+        R: RemoteReturn,
+        E: RemoteError,
+        F: Fn(A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<R, E>> + Send + 'static,
+    {
+        bus.expose(name, function).await
+    }
+
+    /// Calls `<prefix>.<method>` on one provider, waiting at most `timeout`.
+    pub async fn call_method<A: RemoteArgs, R: RemoteReturn>(
         bus: &Bus,
         prefix: &str,
         method: &str,
-    ) -> Result<Stub<A, R>> {
-        bus.stub(&method_name(prefix, method))
+        timeout: Duration,
+        args: A,
+    ) -> Result<R> {
+        bus.stub::<A, R>(&method_name(prefix, method))?
+            .timeout(timeout)
+            .call(&args)
+            .await
+    }
+
+    /// Runs a `#[subscriber]` for each event of type `E`.
+    pub async fn on_event<E, F, Fut>(bus: &Bus, handler: F) -> Result<Listener>
+    where
+        E: Event,
+        F: Fn(E) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: SubscriberReturn,
+    {
+        bus.on(handler).await
+    }
+
+    /// Runs a `#[subscriber]` for each message matching `pattern`.
+    pub async fn on_pattern<T, F, Fut>(bus: &Bus, pattern: &str, handler: F) -> Result<Listener>
+    where
+        T: FromEnvelope,
+        F: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: SubscriberReturn,
+    {
+        bus.on_pattern(pattern, handler).await
     }
 
     /// `<prefix>.<method>`.

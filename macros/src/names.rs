@@ -89,6 +89,14 @@ pub(crate) fn snake_case(name: &str) -> String {
     out
 }
 
+/// An error covering `tokens` (all of them, not only the first).
+pub(crate) fn error_at(
+    tokens: impl quote::ToTokens,
+    message: impl std::fmt::Display,
+) -> syn::Error {
+    syn::Error::new_spanned(tokens, message)
+}
+
 /// An error at `span`.
 pub(crate) fn error(span: Span, message: impl std::fmt::Display) -> syn::Error {
     syn::Error::new(span, message)

@@ -1,6 +1,6 @@
 //! `#[remote]`: exposes a function over RPC and generates its typed client.
 
-use crate::names::{check_lit, error, NameKind};
+use crate::names::{check_lit, error_at, NameKind};
 use crate::signature::{self, Arg, Returns};
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
@@ -26,8 +26,8 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let sig = &function.sig;
 
     if let Some(FnArg::Receiver(receiver)) = sig.inputs.first() {
-        return Err(error(
-            receiver.span(),
+        return Err(error_at(
+            receiver,
             "#[remote] cannot expose a method on its own: put #[busbar::service] on the `impl` block \
              instead, which exposes every `pub fn(&self, ..)` of it as `<prefix>.<method>`",
         ));
@@ -97,7 +97,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
             /// Calls the function on one provider through `bus`.
             pub async fn call(#bus: &#p::Bus, #(#call_params),*) -> #p::Result<#ok_type> {
-                Self::stub(#bus).call(&#args_value_tuple).await
+                #p::call::<#args_ty, #ok_type>(#bus, Self::NAME, #args_value_tuple).await
             }
 
             /// A typed stub, for a timeout or `call_all`; arguments go as a tuple.
@@ -107,7 +107,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
             /// Serves the function on `bus` until the returned provider is dropped.
             pub async fn serve(#bus: &#p::Bus) -> #p::Result<#p::Provider> {
-                #bus.expose(Self::NAME, |#args_pat: #args_ty| #body).await
+                #p::expose(#bus, Self::NAME, |#args_pat: #args_ty| #body).await
             }
 
             fn __start(#bus: &#p::Bus) -> #p::BoxFuture<'_, #p::Result<#p::Running>> {

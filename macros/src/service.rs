@@ -1,12 +1,11 @@
 //! `#[service]`: serves the methods of a value over RPC, with a typed client.
 
-use crate::names::{check_lit, error, snake_case, NameKind};
+use crate::names::{check_lit, error, error_at, snake_case, NameKind};
 use crate::remote::{args_tuple, handler_body, remote_asserts, tuple_of};
 use crate::signature::{self, Arg, Returns};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::ext::IdentExt;
-use syn::spanned::Spanned;
 use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl, LitStr, Type, Visibility};
 
 /// One exposed method.
@@ -41,14 +40,14 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         )
     })?;
     if let Some((_, path, _)) = &block.trait_ {
-        return Err(error(
-            path.span(),
+        return Err(error_at(
+            path,
             "#[service] goes on an inherent `impl` block, not a trait impl",
         ));
     }
     if !block.generics.params.is_empty() || block.generics.where_clause.is_some() {
-        return Err(error(
-            block.generics.span(),
+        return Err(error_at(
+            &block.generics,
             "#[service] types cannot be generic: the served methods need concrete types",
         ));
     }
@@ -60,8 +59,8 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         _ => None,
     }
     .ok_or_else(|| {
-        error(
-            self_ty.span(),
+        error_at(
+            &self_ty,
             "#[service] needs a named type: `impl Inventory { .. }`",
         )
     })?;
@@ -113,12 +112,11 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             {
                 let this = #p::Clone::clone(&self);
                 let name = #p::method_name(prefix, #name);
-                let provider = bus
-                    .expose(&name, move |#args_pat: #args_ty| {
-                        #clone_this
-                        #body
-                    })
-                    .await?;
+                let provider = #p::expose(bus, &name, move |#args_pat: #args_ty| {
+                    #clone_this
+                    #body
+                })
+                .await?;
                 registered.push(name, provider);
             }
         });
@@ -130,9 +128,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             #[doc = ""]
             #[doc = #doc]
             pub async fn #ident(&self, #(#params),*) -> #p::Result<#ok_type> {
-                #p::method_stub::<#args_ty, #ok_type>(&self.bus, &self.prefix, #name)?
-                    .timeout(self.timeout)
-                    .call(&#values_tuple)
+                #p::call_method::<#args_ty, #ok_type>(&self.bus, &self.prefix, #name, self.timeout, #values_tuple)
                     .await
             }
         });
@@ -228,8 +224,8 @@ fn exposed(function: &mut ImplItemFn) -> syn::Result<Option<Method>> {
         if is_remote {
             marked = true;
             if !matches!(attr.meta, syn::Meta::Path(_)) {
-                marker_error = Some(error(
-                    attr.span(),
+                marker_error = Some(error_at(
+                    attr,
                     "inside #[service], `#[remote]` takes no arguments: methods are named `<prefix>.<method>`",
                 ));
             }
@@ -243,8 +239,8 @@ fn exposed(function: &mut ImplItemFn) -> syn::Result<Option<Method>> {
     let receiver = match sig.inputs.first() {
         Some(FnArg::Receiver(receiver)) => receiver,
         _ if marked => {
-            return Err(error(
-                sig.ident.span(),
+            return Err(error_at(
+                &sig.ident,
                 "a #[service] method takes `&self`; use a free #[remote] fn for functions without state",
             ))
         }
@@ -258,8 +254,8 @@ fn exposed(function: &mut ImplItemFn) -> syn::Result<Option<Method>> {
         || receiver.mutability.is_some()
         || receiver.colon_token.is_some()
     {
-        return Err(error(
-            receiver.span(),
+        return Err(error_at(
+            receiver,
             "a #[service] method takes `&self`: the value is shared by concurrent calls, so keep \
              mutable state behind a Mutex or atomics (or make this method private to keep it local)",
         ));

@@ -1,6 +1,6 @@
 //! Reading the signature of an annotated function: its arguments and return type.
 
-use crate::names::error;
+use crate::names::error_at;
 use proc_macro2::Span;
 use quote::format_ident;
 use syn::ext::IdentExt;
@@ -40,40 +40,40 @@ impl Returns {
 /// Rejects what no busbar macro supports: generics, `unsafe`, `extern`, `const`, variadics.
 pub(crate) fn check_plain(sig: &Signature, macro_name: &str) -> syn::Result<()> {
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        return Err(error(
-            sig.generics.span(),
+        return Err(error_at(
+            &sig.generics,
             format!("#[{macro_name}] functions cannot be generic: the types must be known to decode messages; use concrete types"),
         ));
     }
     if let Some(unsafety) = &sig.unsafety {
-        return Err(error(
-            unsafety.span(),
+        return Err(error_at(
+            unsafety,
             format!("#[{macro_name}] functions cannot be `unsafe`"),
         ));
     }
     if let Some(abi) = &sig.abi {
-        return Err(error(
-            abi.span(),
+        return Err(error_at(
+            abi,
             format!("#[{macro_name}] functions cannot be `extern`"),
         ));
     }
     if let Some(constness) = &sig.constness {
-        return Err(error(
-            constness.span(),
+        return Err(error_at(
+            constness,
             format!("#[{macro_name}] functions cannot be `const`"),
         ));
     }
     if let Some(variadic) = &sig.variadic {
-        return Err(error(
-            variadic.span(),
+        return Err(error_at(
+            variadic,
             format!("#[{macro_name}] functions cannot be variadic"),
         ));
     }
     for arg in &sig.inputs {
         if let FnArg::Typed(typed) = arg {
             if let Type::ImplTrait(_) = &*typed.ty {
-                return Err(error(
-                    typed.ty.span(),
+                return Err(error_at(
+                    &typed.ty,
                     format!("#[{macro_name}] arguments need a concrete type, not `impl Trait`"),
                 ));
             }
@@ -111,8 +111,17 @@ pub(crate) fn typed_args(sig: &Signature) -> Vec<Arg> {
         .collect()
 }
 
+/// The most arguments a `#[remote]` function takes (serde's largest tuple).
+const MAX_REMOTE_ARGS: usize = 16;
+
 /// Checks that a `#[remote]` argument is owned, so it can be decoded from a request.
 pub(crate) fn check_remote_args(args: &[Arg]) -> syn::Result<()> {
+    if let Some(extra) = args.get(MAX_REMOTE_ARGS) {
+        return Err(error_at(
+            &extra.ty,
+            format!("#[remote] functions take at most {MAX_REMOTE_ARGS} arguments; group some in a struct"),
+        ));
+    }
     for arg in args {
         if let Type::Reference(reference) = &arg.ty {
             let hint = match &*reference.elem {
@@ -125,8 +134,8 @@ pub(crate) fn check_remote_args(args: &[Arg]) -> syn::Result<()> {
                 }
                 _ => "take the value by value".to_string(),
             };
-            return Err(error(
-                arg.ty.span(),
+            return Err(error_at(
+                &arg.ty,
                 format!(
                     "#[remote] arguments are decoded from each request and must be owned: {hint}"
                 ),
@@ -144,14 +153,14 @@ pub(crate) fn returns(sig: &Signature, macro_name: &str) -> syn::Result<Returns>
     };
     match ty {
         Type::ImplTrait(_) => {
-            return Err(error(
-                ty.span(),
+            return Err(error_at(
+                ty,
                 format!("#[{macro_name}] functions must return a concrete serde type, not `impl Trait`"),
             ))
         }
         Type::Reference(_) => {
-            return Err(error(
-                ty.span(),
+            return Err(error_at(
+                ty,
                 format!("#[{macro_name}] functions must return an owned value, which is encoded into the reply"),
             ))
         }

@@ -1,6 +1,6 @@
 //! `#[subscriber]`: runs a function for each event of a type, topic or pattern.
 
-use crate::names::{check_lit, error, NameKind};
+use crate::names::{check_lit, error, error_at, NameKind};
 use crate::signature::{self, Arg};
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
@@ -58,8 +58,8 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let sig = &function.sig;
 
     if let Some(FnArg::Receiver(receiver)) = sig.inputs.first() {
-        return Err(error(
-            receiver.span(),
+        return Err(error_at(
+            receiver,
             "#[subscriber] goes on a free function, not a method: \
              `#[subscriber] fn on_order(order: OrderCreated)`",
         ));
@@ -74,15 +74,15 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         [event] => (event, Context::None),
         [event, second] => (event, context_of(second)?),
         [_, _, third, ..] => {
-            return Err(error(
-                third.ty.span(),
+            return Err(error_at(
+                &third.ty,
                 "a #[subscriber] takes one event parameter, optionally followed by `&Bus`",
             ))
         }
     };
     if let Type::Reference(reference) = &event.ty {
-        return Err(error(
-            reference.span(),
+        return Err(error_at(
+            reference,
             "a #[subscriber] takes its event by value: remove the `&`",
         ));
     }
@@ -97,13 +97,13 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let (pattern, subscribe, check_event, shown) = match &source {
         Source::Event => (
             quote!(<#event_ty as #p::Event>::TOPIC),
-            quote!(bus.on::<#event_ty, _, _>(handler)),
+            quote!(#p::on_event::<#event_ty, _, _>(bus, handler)),
             quote_spanned!(event_ty.span()=> #p::assert_event::<#event_ty>();),
             "the event type's `TOPIC`".to_string(),
         ),
         Source::Topic(lit) | Source::Pattern(lit) => (
             quote!(#lit),
-            quote!(bus.on_pattern::<#event_ty, _, _>(Self::PATTERN, handler)),
+            quote!(#p::on_pattern::<#event_ty, _, _>(bus, Self::PATTERN, handler)),
             quote_spanned!(event_ty.span()=> #p::assert_payload::<#event_ty>();),
             format!("`{}`", lit.value()),
         ),
@@ -204,8 +204,8 @@ fn context_of(arg: &Arg) -> syn::Result<Context> {
             Ok(Context::Ref)
         }
         ty if names_bus(ty) => Ok(Context::Owned),
-        ty => Err(error(
-            ty.span(),
+        ty => Err(error_at(
+            ty,
             "a #[subscriber] takes exactly one event parameter; a second parameter may only be \
              `&Bus` (the bus the event came from). Subscribe another function for another event",
         )),

@@ -1,5 +1,0 @@
-#[derive(busbar::Event)]
-#[event(topic = "orders.created")]
-struct OrderCreated {}
-
-fn main() {}
