@@ -492,3 +492,46 @@ async fn a_silent_broker_is_detected_and_replaced() {
     let stats = busbar_core::EventBus::stats(&client).snapshot();
     assert!(stats.disconnects >= 1, "{stats:?}");
 }
+
+/// A subscriber that does not keep up is told how many events it missed, and
+/// nothing else goes missing: received + missed = published, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_is_told_what_it_missed() {
+    const N: u32 = 2_000;
+    let broker = broker().await;
+    let publisher = bus(&broker.url()).await;
+    let subscriber = bus(&broker.url()).await;
+    let mut slow = subscriber
+        .subscribe_with::<u32>(
+            busbar_core::Pattern::new("lag.events").unwrap(),
+            busbar_core::SubscribeOptions { capacity: 16 },
+        )
+        .await
+        .unwrap();
+    let mut marker = subscriber.subscribe_to::<u32>("lag.done").await.unwrap();
+    for n in 0..N {
+        publisher.publish_to("lag.events", &n).await.unwrap();
+    }
+    publisher.publish_to("lag.done", &N).await.unwrap();
+    // Events from one publisher arrive in order: once the marker is here, every
+    // event was delivered to the slow subscription or counted as missed.
+    assert_eq!(
+        within("the marker", marker.next()).await.unwrap().unwrap(),
+        N
+    );
+    let (mut received, mut missed, mut last) = (0u32, 0u64, None);
+    while received as u64 + missed < N as u64 {
+        match within("the slow subscription", slow.next()).await.unwrap() {
+            Ok(n) => {
+                assert!(last.is_none_or(|l| n > l), "in order");
+                last = Some(n);
+                received += 1;
+            }
+            Err(Error::Lagged { missed: m }) => missed += m,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(received as u64 + missed, N as u64);
+    assert!(missed > 0, "a 16-event buffer cannot hold {N} events");
+    assert_eq!(subscriber.stats().lagged, missed);
+}
