@@ -284,13 +284,11 @@ async fn supervise(link: std::sync::Weak<CommandLink>, mut lost: mpsc::Unbounded
 pub(crate) struct BlockingPool {
     opener: Arc<Opener>,
     idle: Mutex<Vec<Blocking>>,
-    next_id: AtomicU64,
     closed: AtomicBool,
 }
 
-/// A blocking connection and its id (unique within the bus, used in key names).
+/// A connection for blocking pops.
 pub(crate) struct Blocking {
-    pub(crate) id: u64,
     /// The server's `CLIENT ID` of this connection, for `CLIENT UNBLOCK`.
     pub(crate) client_id: i64,
     pub(crate) conn: MultiplexedConnection,
@@ -301,7 +299,6 @@ impl BlockingPool {
         BlockingPool {
             opener,
             idle: Mutex::new(Vec::new()),
-            next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
         }
     }
@@ -327,12 +324,7 @@ impl BlockingPool {
         .await
         .map_err(|_| Error::transport("redis did not answer CLIENT ID in time"))?
         .map_err(transport_error)?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Ok(Blocking {
-            id,
-            client_id,
-            conn,
-        })
+        Ok(Blocking { client_id, conn })
     }
 
     /// Returns a healthy connection for reuse (at most a few are kept).

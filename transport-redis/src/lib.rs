@@ -201,6 +201,10 @@ pub(crate) struct Shared {
     inflight: InFlight,
     /// Queues (base keys) with consumers waiting on this bus, and how many.
     waiting: DashMap<String, usize>,
+    /// Notified when a wait ends.
+    waiting_changed: tokio::sync::Notify,
+    /// Becomes true at shutdown: blocked consumers give up.
+    closing: tokio::sync::watch::Sender<bool>,
     /// Deliveries handed out and not yet settled: put back at shutdown.
     unsettled: DashMap<(String, [u8; 16]), ()>,
     /// Connection tasks, stopped last.
@@ -267,6 +271,8 @@ impl RedisBus {
             serving: DashMap::new(),
             inflight: InFlight::default(),
             waiting: DashMap::new(),
+            waiting_changed: tokio::sync::Notify::new(),
+            closing: tokio::sync::watch::Sender::new(false),
             unsettled: DashMap::new(),
             core_tasks: Mutex::new(vec![link_task, subscriber_task]),
             writer_task: Mutex::new(Some(writer_task)),
@@ -418,6 +424,19 @@ impl EventBus for RedisBus {
         bus.serving.clear();
         futures::future::join_all(serving.iter().map(|s| s.stop(bus))).await;
         bus.subscriber.close();
+        // Wake blocked consumers: they return Closed and put back what they popped.
+        bus.closing.send_replace(true);
+        let deadline = tokio::time::Instant::now() + bus.config.response_timeout;
+        while !bus.waiting.is_empty() {
+            let changed = bus.waiting_changed.notified();
+            if bus.waiting.is_empty() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                tracing::warn!("shutdown: blocked consumers did not stop in time");
+                break;
+            }
+        }
         for task in bus
             .tasks
             .lock()

@@ -7,30 +7,31 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `ns:q:{jobs}` | list | items waiting (`LPUSH` in, taken from the right: FIFO) |
+//! | `ns:q:{jobs}:p` | list | items a pop just moved, for the next command to adopt |
 //! | `ns:q:{jobs}:fly` | hash | id → item, for items handed out and not yet settled |
 //! | `ns:q:{jobs}:vis` | zset | id → when the item comes back (ms, Redis clock) |
 //! | `ns:q:{jobs}:att` | hash | id → times handed out |
-//! | `ns:q:{jobs}:p:<cid>` | list | the item a blocking pop of connection `cid` just moved |
-//! | `ns:q:{jobs}:hb:<cid>` | string | alive while that pop may still move an item |
-//! | `ns:q:{jobs}:cons` | set | connections that popped from the queue |
 //!
-//! Every take is atomic on the server: a Lua script pops the item and records it
-//! in the in-flight table with its deadline in the same step, so a reply lost with
-//! the connection costs a redelivery, never the item. A blocking wait uses
-//! `BLMOVE` into the connection's own processing list `p:<cid>` (on a connection of
-//! its own, with the server-side timeout); the item is adopted into the in-flight
-//! table right after. If that connection dies or its caller gives up, the heartbeat
-//! `hb:<cid>` expires after the pop's timeout and the reaper moves the item back.
-//! So a `get` that timed out can never swallow an item that arrives after it.
+//! **Taking** (`get` and `receive`) sends one pipeline on a connection of its own
+//! (blocking pops never share a connection): `BLMOVE` from the queue into `:p`
+//! with the server-side timeout, then an `EVAL` that moves one item from `:p` into
+//! the in-flight table with its deadline and attempt count, and returns it. Redis
+//! runs the `EVAL` as soon as the pop returns, before the reply leaves, so an item
+//! is never in the client's hands without being in flight: a reply lost with
+//! the connection costs a redelivery, never the item. The server ends the wait,
+//! so a `get` that timed out cannot swallow an item put after it. A caller that
+//! gives up early (its future dropped) sends `CLIENT UNBLOCK` and puts back
+//! whatever reached `:p`; anything still left there (a crash between the two
+//! commands) is put back by the reaper.
 //!
-//! `get` is a take followed by a fire-and-forget acknowledgement; `receive` hands
-//! out a delivery to `ack` (delete) or `nack` (back to the head of the queue).
-//! Unsettled items come back after their visibility timeout: any bus using the
-//! queue runs the reaper (on every take, and every `reap_interval` while it
-//! waits). Delivery is at least once: an item whose consumer died or was too slow
-//! may be processed twice.
+//! `get` then acknowledges without waiting (through the ordered writer);
+//! `receive` hands out a delivery to `ack` (delete) or `nack` (back to the head
+//! of the queue). Unsettled items come back after their visibility timeout: every
+//! bus with a consumer waiting runs the reaper every `reap_interval`, and `len`
+//! runs it too. Delivery is at least once: an item whose consumer died or was too
+//! slow may be processed twice.
 
-use crate::connection::{transport_error, Blocking, Job};
+use crate::connection::{transport_error, Job};
 use crate::pubsub::decode;
 use crate::Shared;
 use async_trait::async_trait;
@@ -41,10 +42,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-const REAP_FN: &str = r"
+const COMMON: &str = r"
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function park(base, item, now, visibility)
+  local id = string.sub(item, 5, 20)
+  redis.call('HSET', base .. ':fly', id, item)
+  redis.call('ZADD', base .. ':vis', now + visibility, id)
+  return {item, redis.call('HINCRBY', base .. ':att', id, 1)}
 end
 local function reap(base, now)
   local due = redis.call('ZRANGEBYSCORE', base .. ':vis', '-inf', now, 'LIMIT', 0, 256)
@@ -54,53 +61,27 @@ local function reap(base, now)
     redis.call('HDEL', base .. ':fly', id)
     if item then redis.call('RPUSH', base, item) end
   end
-  if redis.call('SET', base .. ':reap', '1', 'NX', 'PX', 250) then
-    for _, cid in ipairs(redis.call('SMEMBERS', base .. ':cons')) do
-      if redis.call('EXISTS', base .. ':hb:' .. cid) == 0 then
-        local p = base .. ':p:' .. cid
-        local item = redis.call('RPOP', p)
-        while item do
-          redis.call('RPUSH', base, item)
-          item = redis.call('RPOP', p)
-        end
-        redis.call('SREM', base .. ':cons', cid)
-      end
+  if redis.call('SET', base .. ':reap', '1', 'NX', 'PX', 1000) then
+    local item = redis.call('RPOP', base .. ':p')
+    while item do
+      redis.call('RPUSH', base, item)
+      item = redis.call('RPOP', base .. ':p')
     end
   end
 end
-local function park(base, item, now, visibility)
-  local id = string.sub(item, 5, 20)
-  redis.call('HSET', base .. ':fly', id, item)
-  redis.call('ZADD', base .. ':vis', now + visibility, id)
-  return {item, redis.call('HINCRBY', base .. ':att', id, 1)}
-end
 ";
 
-/// Reaps, then takes the next item into the in-flight table. KEYS[1] = base,
-/// ARGV[1] = visibility (ms). Returns `{item, attempt}` or nil.
-static TAKE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{REAP_FN}
+/// Adopts an item a blocking pop just moved into the processing list.
+/// KEYS[1] = base, ARGV[1] = visibility (ms). Sent with `EVAL` (never
+/// `NOSCRIPT`) right behind the pop, in the same pipeline.
+static ADOPT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{COMMON}
 local base = KEYS[1]
-local now = now_ms()
-reap(base, now)
-local item = redis.call('RPOP', base)
+local item = redis.call('LPOP', base .. ':p')
 if not item then return false end
-return park(base, item, now, tonumber(ARGV[1]))"
-    ))
-});
-
-/// Adopts the item a blocking pop moved into `p:<cid>`. KEYS[1] = base,
-/// ARGV[1] = cid, ARGV[2] = visibility (ms).
-static ADOPT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{REAP_FN}
-local base = KEYS[1]
-local item = redis.call('LPOP', base .. ':p:' .. ARGV[1])
-redis.call('DEL', base .. ':hb:' .. ARGV[1])
-if not item then return false end
-return park(base, item, now_ms(), tonumber(ARGV[2]))"
-    ))
+return park(base, item, now_ms(), tonumber(ARGV[1]))"
+    )
 });
 
 /// Puts an in-flight item back at the head of the queue. KEYS[1] = base, ARGV[1] = id.
@@ -121,7 +102,7 @@ return 0",
 /// Reaps and returns the number of waiting items. KEYS[1] = base.
 static REAP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{REAP_FN}
+        "{COMMON}
 reap(KEYS[1], now_ms())
 return redis.call('LLEN', KEYS[1])"
     ))
@@ -226,35 +207,7 @@ async fn take(
     let visibility_ms = millis(visibility).max(1);
     loop {
         bus.check_open()?;
-        // Fast path: an item is there (no dedicated connection needed).
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let conn = bus.link.get(remaining.max(Duration::from_millis(1))).await;
-        match conn {
-            Ok(conn) => {
-                let mut c = conn.conn.clone();
-                let result = TAKE
-                    .key(&base)
-                    .arg(visibility_ms)
-                    .invoke_async::<Value>(&mut c)
-                    .await;
-                match conn.check(result) {
-                    Ok(value) => {
-                        if let Some(taken) = parse_taken(bus, &base, value).await {
-                            return Ok(Some(taken));
-                        }
-                    }
-                    Err(err) if tokio::time::Instant::now() >= deadline => return Err(err),
-                    Err(err) => tracing::debug!(%err, "queue take failed; retrying"),
-                }
-            }
-            Err(Error::Closed) => return Err(Error::Closed),
-            Err(_) => {}
-        }
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if remaining < Duration::from_millis(1) {
-            return Ok(None);
-        }
-        // Slow path: wait on a connection of our own.
         match wait(bus, &base, remaining, visibility_ms).await {
             Ok(Some(value)) => {
                 if let Some(taken) = parse_taken(bus, &base, value).await {
@@ -264,6 +217,7 @@ async fn take(
             Ok(None) => return Ok(None),
             Err(Error::Closed) => return Err(Error::Closed),
             Err(err) => {
+                // Connection lost: retry on a new one until the deadline.
                 tracing::debug!(%err, "blocking queue pop failed; retrying");
                 let pause = Duration::from_millis(50)
                     .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
@@ -286,70 +240,50 @@ async fn wait(
 ) -> Result<Option<Value>> {
     let mut blocking = bus.pool.take().await?;
     let _waiting = Waiting::enter(bus, base);
-    let cid = blocking.id_text(bus);
-    let processing = format!("{base}:p:{cid}");
-    let heartbeat = format!("{base}:hb:{cid}");
+    let processing = format!("{base}:p");
     let grace = bus.config.response_timeout;
     let mut pipe = redis::pipe();
-    pipe.cmd("SADD")
-        .arg(format!("{base}:cons"))
-        .arg(&cid)
-        .ignore();
-    pipe.cmd("SET")
-        .arg(&heartbeat)
-        .arg(1)
-        .arg("PX")
-        .arg(millis(timeout + grace * 2))
-        .ignore();
     pipe.cmd("BLMOVE")
         .arg(base)
         .arg(&processing)
         .arg("RIGHT")
         .arg("LEFT")
-        .arg(format!("{:.3}", timeout.as_secs_f64().max(0.001)));
+        .arg(format!("{:.3}", timeout.as_secs_f64().max(0.001)))
+        .ignore();
+    // Runs on the server right after the pop returns (a blocked client's next
+    // command waits for it): the item is in flight before it leaves Redis.
+    pipe.cmd("EVAL")
+        .arg(ADOPT.as_str())
+        .arg(1)
+        .arg(base)
+        .arg(visibility_ms);
     // If this future is dropped (the caller gave up) or fails before the pop
     // returns, the guard unblocks the pop on the server and returns anything it
-    // moved. Should even that fail, the heartbeat expires and the reaper does it.
+    // moved. Should even that fail, the reaper does it.
     let mut abandon = Abandon {
         bus,
         client_id: blocking.client_id,
         base,
         processing: &processing,
-        heartbeat: &heartbeat,
         armed: true,
     };
-    let popped = tokio::time::timeout(
-        timeout + grace,
-        pipe.query_async::<(Option<Vec<u8>>,)>(&mut blocking.conn),
-    )
-    .await;
-    let popped = match popped {
-        Ok(Ok((item,))) => item,
+    let mut closing = bus.closing.subscribe();
+    let popped = tokio::select! {
+        popped = tokio::time::timeout(timeout + grace, pipe.query_async::<(Value,)>(&mut blocking.conn)) => popped,
+        // Shutdown: the guard unblocks the pop and puts back what it moved.
+        _ = closing.wait_for(|closing| *closing) => return Err(Error::Closed),
+    };
+    let adopted = match popped {
+        Ok(Ok((value,))) => value,
         Ok(Err(err)) => return Err(transport_error(err)),
         Err(_) => return Err(Error::transport("redis did not end a blocking pop in time")),
     };
     abandon.armed = false;
-    if popped.is_none() {
-        bus.pool.give_back(blocking);
-        return Ok(None);
-    }
-    let adopted = tokio::time::timeout(
-        grace,
-        ADOPT
-            .key(base)
-            .arg(&cid)
-            .arg(visibility_ms)
-            .invoke_async::<Value>(&mut blocking.conn),
-    )
-    .await;
-    match adopted {
-        Ok(Ok(value)) => {
-            bus.pool.give_back(blocking);
-            Ok(Some(value))
-        }
-        Ok(Err(err)) => Err(transport_error(err)),
-        Err(_) => Err(Error::transport("redis did not answer in time")),
-    }
+    bus.pool.give_back(blocking);
+    Ok(match adopted {
+        Value::Nil | Value::Boolean(false) => None,
+        value => Some(value),
+    })
 }
 
 /// Cleans up after a blocking pop whose reply will never be read.
@@ -358,7 +292,6 @@ struct Abandon<'a> {
     client_id: i64,
     base: &'a str,
     processing: &'a str,
-    heartbeat: &'a str,
     armed: bool,
 }
 
@@ -376,20 +309,12 @@ impl Drop for Abandon<'_> {
             .arg(self.base)
             .arg("LEFT")
             .arg("RIGHT");
-        let mut forget = redis::cmd("DEL");
-        forget.arg(self.heartbeat);
-        for cmd in [unblock, back, forget] {
+        for cmd in [unblock, back] {
             if !self.bus.writer.send_now(Job::Command(cmd)) {
                 tracing::debug!("could not clean up an abandoned pop now; the reaper will");
                 return;
             }
         }
-    }
-}
-
-impl Blocking {
-    fn id_text(&self, bus: &Shared) -> String {
-        format!("{}-{}", bus.uid, self.id)
     }
 }
 
@@ -415,6 +340,7 @@ impl Drop for Waiting<'_> {
             *count -= 1;
             *count == 0
         });
+        self.bus.waiting_changed.notify_waiters();
     }
 }
 

@@ -11,14 +11,25 @@
 //! - `call_all`: `PUBLISH` to `ns:r:m`, whose reply is the number of buses that
 //!   received it; the call ends as soon as that many have answered (a bus with
 //!   several providers of `m` says so in its replies' `busbar-providers` header).
-//! - Replies are published to the caller's inbox channel `ns:i:<bus id>`, named in
-//!   the request's `reply_to`, and routed to the waiting call by correlation id.
+//! - Replies are published to the caller's inbox channel `ns:i:<bus id>` and
+//!   routed to the waiting call by correlation id.
+//!
+//! The envelopes travel untouched (a security layer above may have signed
+//! them); what the transport needs travels in a small frame around the encoded
+//! envelope (integers big-endian):
+//!
+//! ```text
+//! request: 0xB1 | reply channel: u16 length + bytes | envelope
+//! reply:   0xB2 | status u8 (0 answered, 1 no provider left) |
+//!          providers u16 (of the method on the answering bus) |
+//!          source: u8 length + bytes (the answering bus) | envelope
+//! ```
 //!
 //! Providers drop requests whose deadline has passed ([`respond`]). A request
 //! left in the list by a provider that vanished is dropped by the next provider
 //! when expired; the list itself expires when no call used it for a while.
 
-use crate::connection::{Backoff, Job};
+use crate::connection::Backoff;
 use crate::pubsub::{decode, Route, Topic};
 use crate::Shared;
 use busbar_core::reply::{error_reply, respond};
@@ -26,20 +37,19 @@ use busbar_core::transport::{Guard, Handler};
 use busbar_core::{wire, Envelope, Error, Fault, Kind, MessageId, Name, Result, Stats};
 use bytes::Bytes;
 use dashmap::DashMap;
+use futures::stream::{FuturesUnordered, StreamExt};
 use redis::{Script, Value};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 
-/// Header naming the bus that answered.
-const SOURCE_HEADER: &str = "busbar-source";
-/// Header telling how many providers of the method that bus has (each answers a `call_all`).
-const PROVIDERS_HEADER: &str = "busbar-providers";
-/// Header of a reply sent by the transport itself, not a handler.
-const STATUS_HEADER: &str = "busbar-status";
-/// Its value when no provider was left to take the request.
-const NO_RESPONDERS: &str = "no-responders";
+const REQUEST_FRAME: u8 = 0xB1;
+const REPLY_FRAME: u8 = 0xB2;
+const ANSWERED: u8 = 0;
+const NO_PROVIDER_LEFT: u8 = 1;
+/// Pops one provider keeps outstanding.
+const POP_WINDOW: usize = 2;
 /// Most requests one provider pops at once.
 const POP_BATCH: usize = 64;
 
@@ -68,16 +78,76 @@ pub(crate) fn inbox_channel(namespace: &str, uid: &str) -> String {
     format!("{namespace}:i:{uid}")
 }
 
+fn frame_request(reply_to: &str, envelope: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 + reply_to.len() + envelope.len());
+    out.push(REQUEST_FRAME);
+    out.extend_from_slice(&(reply_to.len() as u16).to_be_bytes());
+    out.extend_from_slice(reply_to.as_bytes());
+    out.extend_from_slice(envelope);
+    out
+}
+
+/// The reply channel and the envelope bytes of a request frame.
+fn unframe_request(frame: &Bytes) -> Option<(&str, Bytes)> {
+    if frame.first() != Some(&REQUEST_FRAME) || frame.len() < 3 {
+        return None;
+    }
+    let len = u16::from_be_bytes([frame[1], frame[2]]) as usize;
+    let reply_to = std::str::from_utf8(frame.get(3..3 + len)?).ok()?;
+    Some((reply_to, frame.slice(3 + len..)))
+}
+
+fn frame_reply(status: u8, providers: usize, source: &str, envelope: &[u8]) -> Vec<u8> {
+    let source = &source.as_bytes()[..source.len().min(255)];
+    let mut out = Vec::with_capacity(5 + source.len() + envelope.len());
+    out.push(REPLY_FRAME);
+    out.push(status);
+    out.extend_from_slice(&(providers.min(u16::MAX as usize) as u16).to_be_bytes());
+    out.push(source.len() as u8);
+    out.extend_from_slice(source);
+    out.extend_from_slice(envelope);
+    out
+}
+
+/// A reply as its frame tells it.
+struct Reply {
+    status: u8,
+    providers: usize,
+    source: Bytes,
+    envelope: Envelope,
+}
+
+fn unframe_reply(frame: &Bytes, bus: &Shared) -> Option<Reply> {
+    if frame.first() != Some(&REPLY_FRAME) || frame.len() < 5 {
+        return None;
+    }
+    let status = frame[1];
+    let providers = u16::from_be_bytes([frame[2], frame[3]]) as usize;
+    let len = frame[4] as usize;
+    let source = frame.slice(5..(5 + len).min(frame.len()));
+    let envelope = decode(
+        &frame.slice((5 + len).min(frame.len())..),
+        bus.config.max_envelope,
+        &bus.stats,
+    )?;
+    Some(Reply {
+        status,
+        providers,
+        source,
+        envelope,
+    })
+}
+
 /// Calls waiting for replies, by request id.
 #[derive(Default)]
 pub(crate) struct Pending {
-    waiting: DashMap<MessageId, mpsc::UnboundedSender<Envelope>>,
+    waiting: DashMap<MessageId, mpsc::UnboundedSender<Reply>>,
 }
 
 struct Waiter<'a> {
     pending: &'a Pending,
     id: MessageId,
-    replies: mpsc::UnboundedReceiver<Envelope>,
+    replies: mpsc::UnboundedReceiver<Reply>,
 }
 
 impl Pending {
@@ -91,8 +161,8 @@ impl Pending {
         }
     }
 
-    fn complete(&self, reply: Envelope) {
-        if let Some(id) = reply.correlation_id {
+    fn complete(&self, reply: Reply) {
+        if let Some(id) = reply.envelope.correlation_id {
             if let Some(tx) = self.waiting.get(&id) {
                 let _ = tx.send(reply);
             }
@@ -120,12 +190,16 @@ impl Route for InboxRoute {
         let Some(bus) = self.bus.upgrade() else {
             return;
         };
-        let Some(reply) = decode(payload, bus.config.max_envelope, &bus.stats) else {
+        let Some(reply) = unframe_reply(payload, &bus) else {
+            if payload.first() != Some(&REPLY_FRAME) {
+                Stats::incr(&bus.stats.rejected);
+                tracing::warn!("rejected a message on the reply channel that is not a reply frame");
+            }
             return;
         };
-        if !matches!(reply.kind, Kind::Reply | Kind::ErrorReply) {
+        if !matches!(reply.envelope.kind, Kind::Reply | Kind::ErrorReply) {
             Stats::incr(&bus.stats.rejected);
-            tracing::warn!(kind = ?reply.kind, "rejected a non-reply on the reply channel");
+            tracing::warn!(kind = ?reply.envelope.kind, "rejected a non-reply on the reply channel");
             return;
         }
         bus.pending.complete(reply);
@@ -151,10 +225,9 @@ fn timeout_of(request: &Envelope) -> Duration {
 }
 
 /// Sends `request` to one provider and waits for its reply.
-pub(crate) async fn call(bus: &Arc<Shared>, mut request: Envelope) -> Result<Envelope> {
+pub(crate) async fn call(bus: &Arc<Shared>, request: Envelope) -> Result<Envelope> {
     let timeout = timeout_of(&request);
-    request.reply_to = Some(inbox(bus).await?.to_owned());
-    let bytes = wire::encode(&request)?;
+    let bytes = frame_request(inbox(bus).await?, &wire::encode(&request)?);
     let method = request.subject.as_str();
     let mut waiter = bus.pending.register(request.id);
     let conn = bus.link.get(bus.config.outage_wait.min(timeout)).await?;
@@ -177,12 +250,10 @@ pub(crate) async fn call(bus: &Arc<Shared>, mut request: Envelope) -> Result<Env
     }
     let remaining = timeout_of(&request);
     match tokio::time::timeout(remaining, waiter.replies.recv()).await {
-        Ok(Some(reply)) if reply.header(STATUS_HEADER) == Some(NO_RESPONDERS) => {
-            Err(Error::NoResponders {
-                method: method.to_owned(),
-            })
-        }
-        Ok(Some(reply)) => Ok(reply),
+        Ok(Some(reply)) if reply.status == NO_PROVIDER_LEFT => Err(Error::NoResponders {
+            method: method.to_owned(),
+        }),
+        Ok(Some(reply)) => Ok(reply.envelope),
         Ok(None) => Err(Error::Closed),
         Err(_) => Err(Error::Timeout),
     }
@@ -191,11 +262,10 @@ pub(crate) async fn call(bus: &Arc<Shared>, mut request: Envelope) -> Result<Env
 /// Sends `request` to every provider and gathers their replies.
 pub(crate) async fn call_all(
     bus: &Arc<Shared>,
-    mut request: Envelope,
+    request: Envelope,
 ) -> Result<Vec<Result<Envelope>>> {
     let timeout = timeout_of(&request);
-    request.reply_to = Some(inbox(bus).await?.to_owned());
-    let bytes = wire::encode(&request)?;
+    let bytes = frame_request(inbox(bus).await?, &wire::encode(&request)?);
     let method = request.subject.as_str();
     let mut waiter = bus.pending.register(request.id);
     let conn = bus.link.get(bus.config.outage_wait.min(timeout)).await?;
@@ -221,18 +291,13 @@ pub(crate) async fn call_all(
     while out.len() < expected {
         match tokio::time::timeout_at(deadline, waiter.replies.recv()).await {
             Ok(Some(reply)) => {
-                let source = reply.header(SOURCE_HEADER).map(str::to_owned);
-                let providers = reply
-                    .header(PROVIDERS_HEADER)
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .unwrap_or(1)
-                    .clamp(1, 1024);
-                if let Some(source) = source {
-                    if sources.insert(source) {
-                        expected += providers - 1;
-                    }
+                if reply.status != ANSWERED {
+                    continue;
                 }
-                out.push(Ok(reply));
+                if sources.insert(reply.source.clone()) {
+                    expected += reply.providers.clamp(1, 1024) - 1;
+                }
+                out.push(Ok(reply.envelope));
             }
             Ok(None) => break,
             Err(_) => break,
@@ -258,6 +323,7 @@ impl Provider {
     fn spawn_answer(
         &self,
         bus: Arc<Shared>,
+        reply_to: String,
         request: Envelope,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
@@ -267,70 +333,79 @@ impl Provider {
         tokio::spawn(async move {
             let _guard = guard;
             let _permit = permit;
-            let Some(reply_to) = reply_address(&bus, &request) else {
-                return;
-            };
-            let Some(mut reply) = respond(handler.as_ref(), request, &bus.stats).await else {
+            let Some(reply) = respond(handler.as_ref(), request, &bus.stats).await else {
                 return;
             };
             let providers = bus.providers.get(&method).map(|n| *n).unwrap_or(1);
-            reply
-                .headers
-                .push((SOURCE_HEADER.to_owned(), bus.uid.clone()));
-            reply
-                .headers
-                .push((PROVIDERS_HEADER.to_owned(), providers.to_string()));
-            send_reply(&bus, reply_to, &reply).await;
+            send_reply(&bus, reply_to, ANSWERED, providers, &reply).await;
         });
     }
 
     fn accept(
         &self,
         bus: &Arc<Shared>,
-        payload: &Bytes,
+        frame: &Bytes,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
-        let Some(request) = decode_request(bus, payload, &self.method) else {
+        let Some((reply_to, request)) = decode_request(bus, frame, &self.method) else {
             return;
         };
-        self.spawn_answer(bus.clone(), request, permit);
+        self.spawn_answer(bus.clone(), reply_to, request, permit);
     }
 }
 
-fn decode_request(bus: &Shared, payload: &Bytes, method: &str) -> Option<Envelope> {
-    let request = decode(payload, bus.config.max_envelope, &bus.stats)?;
+/// The reply channel and the request in a request frame; anything else is
+/// counted and logged.
+fn decode_request(bus: &Shared, frame: &Bytes, method: &str) -> Option<(String, Envelope)> {
+    let Some((reply_to, envelope)) = unframe_request(frame) else {
+        Stats::incr(&bus.stats.rejected);
+        tracing::warn!("rejected a message that is not a request frame");
+        return None;
+    };
+    if !reply_to.starts_with(&bus.inbox_prefix) {
+        Stats::incr(&bus.stats.rejected);
+        tracing::warn!(%reply_to, "rejected a request whose reply channel is outside the namespace");
+        return None;
+    }
+    let request = decode(&envelope, bus.config.max_envelope, &bus.stats)?;
     if request.kind != Kind::Request || request.subject.as_str() != method {
         Stats::incr(&bus.stats.rejected);
         tracing::warn!("rejected a message that is not a request for this method");
         return None;
     }
-    Some(request)
+    Some((reply_to.to_owned(), request))
 }
 
-/// Where to send the reply to `request`: only this namespace's reply channels.
-fn reply_address(bus: &Shared, request: &Envelope) -> Option<String> {
-    match &request.reply_to {
-        Some(reply_to) if reply_to.starts_with(&bus.inbox_prefix) => Some(reply_to.clone()),
-        other => {
-            Stats::incr(&bus.stats.rejected);
-            tracing::warn!(reply_to = ?other, "rejected a request without a reply address in the namespace");
-            None
+async fn send_reply(
+    bus: &Shared,
+    reply_to: String,
+    status: u8,
+    providers: usize,
+    reply: &Envelope,
+) {
+    // Straight to Redis (replies need no ordering among themselves): concurrent
+    // replies are pipelined by the multiplexed connection.
+    let payload = match wire::encode(reply) {
+        Ok(envelope) => frame_reply(status, providers, &bus.uid, &envelope),
+        Err(err) => {
+            tracing::warn!(%err, "could not encode an RPC reply");
+            return;
         }
-    }
-}
-
-async fn send_reply(bus: &Shared, reply_to: String, reply: &Envelope) {
-    match wire::encode(reply) {
-        Ok(payload) => {
-            let job = Job::Publish {
-                channel: Bytes::from(reply_to),
-                payload,
-            };
-            if let Err(err) = bus.writer.send(job).await {
-                tracing::warn!(%err, "could not send an RPC reply");
-            }
+    };
+    let sent = match bus.link.get(bus.config.outage_wait).await {
+        Ok(conn) => {
+            let mut c = conn.conn.clone();
+            let result = redis::cmd("PUBLISH")
+                .arg(&reply_to)
+                .arg(&payload[..])
+                .exec_async(&mut c)
+                .await;
+            conn.check(result)
         }
-        Err(err) => tracing::warn!(%err, "could not encode an RPC reply"),
+        Err(err) => Err(err),
+    };
+    if let Err(err) = sent {
+        tracing::warn!(%err, "could not send an RPC reply");
     }
 }
 
@@ -440,20 +515,14 @@ async fn refuse_queued(bus: &Arc<Shared>, method: &str) {
         return;
     };
     for item in items {
-        let Some(request) = decode_request(bus, &Bytes::from(item), method) else {
+        let Some((reply_to, request)) = decode_request(bus, &Bytes::from(item), method) else {
             continue;
         };
-        let Some(reply_to) = reply_address(bus, &request) else {
-            continue;
-        };
-        let mut reply = error_reply(
+        let reply = error_reply(
             &request,
             Fault::new("no_responders", format!("no provider serves {method}")),
         );
-        reply
-            .headers
-            .push((STATUS_HEADER.to_owned(), NO_RESPONDERS.to_owned()));
-        send_reply(bus, reply_to, &reply).await;
+        send_reply(bus, reply_to, NO_PROVIDER_LEFT, 0, &reply).await;
     }
 }
 
@@ -539,47 +608,68 @@ fn millis(d: Duration) -> u64 {
 
 /// Pops requests for one provider, reconnecting when the connection is lost.
 /// When the provider stops, whatever it popped and did not start goes back.
+///
+/// Two pops are kept outstanding on the connection: Redis runs the second as soon
+/// as the first returns, so intake never waits a round trip between batches.
 async fn pop_loop(
     bus: Weak<Shared>,
     provider: Arc<Provider>,
     mut conn: redis::aio::MultiplexedConnection,
 ) {
     let Some(strong) = bus.upgrade() else { return };
-    let list = request_list(&strong.config.namespace, &provider.method);
-    let permits = Arc::new(Semaphore::new(strong.config.handler_concurrency.max(1)));
+    let list = Arc::new(request_list(&strong.config.namespace, &provider.method));
+    let permits = Arc::new(Semaphore::new(
+        strong.config.handler_concurrency.max(POP_WINDOW),
+    ));
     let mut backoff = Backoff::new(&strong.config);
     let grace = strong.config.response_timeout;
     drop(strong);
     let block_secs = 5u64;
+    type Pop = futures::future::BoxFuture<
+        'static,
+        (
+            std::result::Result<redis::RedisResult<Value>, tokio::time::error::Elapsed>,
+            tokio::sync::OwnedSemaphorePermit,
+        ),
+    >;
+    let mut pops: FuturesUnordered<Pop> = FuturesUnordered::new();
     loop {
+        let stopping = provider.stopping.load(Ordering::Acquire);
         // Never pop more than can be run now: the rest stays for other providers.
-        let Ok(first) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        if provider.stopping.load(Ordering::Acquire) {
-            return;
+        while pops.len() < POP_WINDOW && !stopping {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let room = permits.available_permits().min(POP_BATCH - 1) + 1;
+            let (mut c, list) = (conn.clone(), list.clone());
+            pops.push(Box::pin(async move {
+                let popped = tokio::time::timeout(
+                    Duration::from_secs(block_secs) + grace,
+                    redis::cmd("BLMPOP")
+                        .arg(block_secs)
+                        .arg(1)
+                        .arg(list.as_str())
+                        .arg("RIGHT")
+                        .arg("COUNT")
+                        .arg(room)
+                        .query_async::<Value>(&mut c),
+                )
+                .await;
+                (popped, permit)
+            }));
         }
-        let room = permits.available_permits().min(POP_BATCH - 1) + 1;
-        let popped = tokio::time::timeout(
-            Duration::from_secs(block_secs) + grace,
-            redis::cmd("BLMPOP")
-                .arg(block_secs)
-                .arg(1)
-                .arg(&list)
-                .arg("RIGHT")
-                .arg("COUNT")
-                .arg(room)
-                .query_async::<Value>(&mut conn),
-        )
-        .await;
+        let Some((popped, first)) = pops.next().await else {
+            return; // stopping, and every outstanding pop came back
+        };
         let Some(bus) = bus.upgrade() else { return };
         match popped {
             Ok(Ok(value)) => {
                 backoff.reset();
                 let items = requests(value);
                 if provider.stopping.load(Ordering::Acquire) || bus.check_open().is_err() {
+                    provider.stopping.store(true, Ordering::Release);
                     put_back(&bus, &list, items).await;
-                    return;
+                    continue;
                 }
                 let mut first = Some(first);
                 for item in items {
@@ -592,10 +682,18 @@ async fn pop_loop(
             }
             Ok(Err(err)) => {
                 tracing::warn!(%err, method = %provider.method, "RPC provider lost its connection; reconnecting");
+                pops.clear();
+                if provider.stopping.load(Ordering::Acquire) {
+                    return;
+                }
                 conn = reconnect(&bus, &provider, &mut backoff).await;
             }
             Err(_) => {
                 tracing::warn!(method = %provider.method, "RPC provider pop did not return in time; reconnecting");
+                pops.clear();
+                if provider.stopping.load(Ordering::Acquire) {
+                    return;
+                }
                 conn = reconnect(&bus, &provider, &mut backoff).await;
             }
         }

@@ -1,0 +1,458 @@
+//! Throughput of `redis://` beside raw redis-rs doing the same work against the
+//! same server in the same run.
+//!
+//! Run with: `CARGO_TARGET_DIR=/work/target-redis cargo bench -p busbar-redis --bench redis`
+//! (`BENCH_SCALE=0.2` for a quick pass). It starts its own redis-server on a free
+//! port; set `BUSBAR_REDIS_URL` to use another server.
+//!
+//! - pub/sub: events received per second by one subscriber (on its own
+//!   connection) from one publisher calling `publish().await` in a loop, against
+//!   raw `PUBLISH` pipelined 100 at a time of the same encoded bytes to a RESP3
+//!   subscriber;
+//! - RPC: calls per second, one at a time and with 64 in flight, against a raw
+//!   request/reply over pub/sub (PUBLISH request, PUBLISH reply);
+//! - queue: items per second through 4 producers and 4 consumers (`put`/`get`),
+//!   against raw `LPUSH`/`BRPOP` with the same number of connections.
+
+use busbar_core::transport::SubscribeOptions;
+use busbar_core::{Bus, Envelope, Event, Fault, Kind, Name, Pattern};
+use busbar_test_support::RedisServer;
+use futures::StreamExt;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+use busbar_redis as _;
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Tick {
+    seq: u64,
+    sensor: String,
+    value: f64,
+}
+
+impl Event for Tick {
+    const TOPIC: &'static str = "bench.tick";
+}
+
+fn tick(seq: u64) -> Tick {
+    Tick {
+        seq,
+        sensor: "sensor-0001-with-a-longer-name-to-make-100-bytes".into(),
+        value: 0.5,
+    }
+}
+
+struct Setup {
+    url: String,
+    round: std::sync::atomic::AtomicU64,
+}
+
+impl Setup {
+    /// A fresh namespace per run, so runs never see each other's traffic.
+    fn url(&self) -> String {
+        let n = self
+            .round
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}?namespace=bench{n}", self.url)
+    }
+
+    async fn bus(&self, url: &str) -> Bus {
+        Bus::connect(url).await.expect("connect")
+    }
+
+    async fn raw(&self, push: Option<mpsc::UnboundedSender<PushInfo>>) -> MultiplexedConnection {
+        let client = redis::Client::open(format!("{}?protocol=resp3", self.url)).unwrap();
+        let mut config = AsyncConnectionConfig::new().set_response_timeout(None);
+        if let Some(push) = push {
+            config = config.set_push_sender(push);
+        }
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap()
+    }
+}
+
+// ----- pub/sub -----
+
+async fn busbar_pubsub(setup: &Setup, n: u64) -> Duration {
+    let url = setup.url();
+    let (subscriber, publisher) = (setup.bus(&url).await, setup.bus(&url).await);
+    let options = SubscribeOptions {
+        capacity: n as usize,
+    };
+    let mut sub = subscriber
+        .subscribe_with::<Tick>(Pattern::new(Tick::TOPIC).unwrap(), options)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let consumer = tokio::spawn(async move {
+        for expected in 0..n {
+            let tick = sub.next().await.unwrap().unwrap();
+            assert_eq!(tick.seq, expected);
+        }
+    });
+    for seq in 0..n {
+        publisher.publish(&tick(seq)).await.unwrap();
+    }
+    consumer.await.unwrap();
+    start.elapsed()
+}
+
+/// The bytes busbar would publish for one tick.
+fn encoded_tick() -> Vec<u8> {
+    let payload = serde_json::to_vec(&tick(1)).unwrap();
+    let envelope = Envelope::new(
+        Kind::Event,
+        Name::new(Tick::TOPIC).unwrap(),
+        busbar_core::ContentType::JSON,
+        payload.into(),
+    );
+    busbar_core::wire::encode(&envelope).unwrap().to_vec()
+}
+
+async fn raw_pubsub(setup: &Setup, n: u64) -> Duration {
+    let channel = format!("raw:{}", setup.url());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut sub = setup.raw(Some(tx)).await;
+    sub.subscribe(&channel).await.unwrap();
+    let mut publisher = setup.raw(None).await;
+    let payload = encoded_tick();
+    let start = Instant::now();
+    let consumer = tokio::spawn(async move {
+        let mut got = 0;
+        while got < n {
+            if rx.recv().await.unwrap().kind == PushKind::Message {
+                got += 1;
+            }
+        }
+    });
+    let mut sent = 0;
+    while sent < n {
+        let mut pipe = redis::pipe();
+        for _ in 0..100.min(n - sent) {
+            pipe.cmd("PUBLISH").arg(&channel).arg(&payload).ignore();
+            sent += 1;
+        }
+        pipe.exec_async(&mut publisher).await.unwrap();
+    }
+    consumer.await.unwrap();
+    let elapsed = start.elapsed();
+    drop(sub);
+    elapsed
+}
+
+// ----- RPC -----
+
+async fn busbar_rpc(setup: &Setup, n: u64, in_flight: u64) -> Duration {
+    let url = setup.url();
+    let (server, client) = (setup.bus(&url).await, setup.bus(&url).await);
+    let _provider = server
+        .expose("bench.add", |(a, b): (i64, i64)| async move {
+            Ok::<_, Fault>(a + b)
+        })
+        .await
+        .unwrap();
+    let stub = client.stub::<(i64, i64), i64>("bench.add").unwrap();
+    let start = Instant::now();
+    let workers: Vec<_> = (0..in_flight)
+        .map(|w| {
+            let stub = stub.clone();
+            tokio::spawn(async move {
+                for i in 0..n / in_flight {
+                    let a = (w * n + i) as i64;
+                    assert_eq!(stub.call(&(a, 1)).await.unwrap(), a + 1);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    start.elapsed()
+}
+
+type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<i64>>>>;
+
+fn message_payload(push: PushInfo) -> Option<Vec<u8>> {
+    if push.kind != PushKind::Message {
+        return None;
+    }
+    match push.data.into_iter().nth(1) {
+        Some(Value::BulkString(bytes)) => Some(bytes),
+        _ => None,
+    }
+}
+
+/// Request/reply over plain pub/sub: `id a b` to the provider, `id sum` back.
+async fn raw_rpc(setup: &Setup, n: u64, in_flight: u64) -> Duration {
+    let tag = setup.url();
+    let (requests, replies) = (format!("rawreq:{tag}"), format!("rawrep:{tag}"));
+    // Provider.
+    let (req_tx, mut req_rx) = mpsc::unbounded_channel();
+    let mut provider_sub = setup.raw(Some(req_tx)).await;
+    provider_sub.subscribe(&requests).await.unwrap();
+    let provider_out = setup.raw(None).await;
+    let reply_channel = replies.clone();
+    let provider = tokio::spawn(async move {
+        while let Some(push) = req_rx.recv().await {
+            let Some(body) = message_payload(push) else {
+                continue;
+            };
+            let text = String::from_utf8(body).unwrap();
+            let mut parts = text.split(' ').map(|p| p.parse::<i64>().unwrap());
+            let (id, a, b) = (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+            );
+            let mut out = provider_out.clone();
+            let channel = reply_channel.clone();
+            tokio::spawn(async move {
+                let _: i64 = redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(format!("{id} {}", a + b))
+                    .query_async(&mut out)
+                    .await
+                    .unwrap();
+            });
+        }
+    });
+    // Caller.
+    let waiting: Waiting = Arc::default();
+    let (rep_tx, mut rep_rx) = mpsc::unbounded_channel();
+    let mut caller_sub = setup.raw(Some(rep_tx)).await;
+    caller_sub.subscribe(&replies).await.unwrap();
+    let router = {
+        let waiting = waiting.clone();
+        tokio::spawn(async move {
+            while let Some(push) = rep_rx.recv().await {
+                let Some(body) = message_payload(push) else {
+                    continue;
+                };
+                let text = String::from_utf8(body).unwrap();
+                let (id, sum) = text.split_once(' ').unwrap();
+                if let Some(tx) = waiting.lock().unwrap().remove(&id.parse().unwrap()) {
+                    let _ = tx.send(sum.parse().unwrap());
+                }
+            }
+        })
+    };
+    let caller = setup.raw(None).await;
+    let start = Instant::now();
+    let workers: Vec<_> = (0..in_flight)
+        .map(|w| {
+            let (waiting, mut caller, requests) =
+                (waiting.clone(), caller.clone(), requests.clone());
+            tokio::spawn(async move {
+                for i in 0..n / in_flight {
+                    let id = w * n + i;
+                    let (tx, rx) = oneshot::channel();
+                    waiting.lock().unwrap().insert(id, tx);
+                    let _: i64 = redis::cmd("PUBLISH")
+                        .arg(&requests)
+                        .arg(format!("{id} {id} 1"))
+                        .query_async(&mut caller)
+                        .await
+                        .unwrap();
+                    assert_eq!(rx.await.unwrap(), id as i64 + 1);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    provider.abort();
+    router.abort();
+    drop((provider_sub, caller_sub));
+    elapsed
+}
+
+// ----- queues -----
+
+const PRODUCERS: u64 = 4;
+const CONSUMERS: u64 = 4;
+
+async fn busbar_queue(setup: &Setup, n: u64) -> Duration {
+    let url = setup.url();
+    let mut producers = Vec::new();
+    for _ in 0..PRODUCERS {
+        producers.push(setup.bus(&url).await);
+    }
+    let mut consumers = Vec::new();
+    for _ in 0..CONSUMERS {
+        consumers.push(setup.bus(&url).await);
+    }
+    let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for bus in consumers {
+        let queue = bus.queue::<Tick>("bench.jobs").unwrap();
+        let taken = taken.clone();
+        tasks.push(tokio::spawn(async move {
+            while taken.load(std::sync::atomic::Ordering::Relaxed) < n {
+                if queue
+                    .get(Duration::from_millis(100))
+                    .await
+                    .unwrap()
+                    .is_some()
+                {
+                    taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for (p, bus) in producers.into_iter().enumerate() {
+        let queue = bus.queue::<Tick>("bench.jobs").unwrap();
+        tasks.push(tokio::spawn(async move {
+            for seq in 0..n / PRODUCERS {
+                queue.put(&tick(p as u64 * n + seq)).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    start.elapsed()
+}
+
+async fn raw_queue(setup: &Setup, n: u64) -> Duration {
+    let key = format!("rawq:{}", setup.url());
+    let payload = encoded_tick();
+    let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONSUMERS {
+        let mut conn = setup.raw(None).await;
+        let (key, taken) = (key.clone(), taken.clone());
+        tasks.push(tokio::spawn(async move {
+            while taken.load(std::sync::atomic::Ordering::Relaxed) < n {
+                let item: Option<(Vec<u8>, Vec<u8>)> = redis::cmd("BRPOP")
+                    .arg(&key)
+                    .arg(0.1)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                if item.is_some() {
+                    taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for _ in 0..PRODUCERS {
+        let mut conn = setup.raw(None).await;
+        let (key, payload) = (key.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n / PRODUCERS {
+                let _: i64 = redis::cmd("LPUSH")
+                    .arg(&key)
+                    .arg(&payload)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    start.elapsed()
+}
+
+/// Best of three runs, as operations per second.
+async fn rate<F, Fut>(n: u64, run: F) -> f64
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Duration>,
+{
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        best = best.min(run().await);
+    }
+    n as f64 / best.as_secs_f64()
+}
+
+fn main() {
+    let scale: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let count = |base: f64| ((base * scale) as u64).max(64) / 64 * 64;
+    let server = std::env::var("BUSBAR_REDIS_URL")
+        .is_err()
+        .then(RedisServer::start);
+    let url = std::env::var("BUSBAR_REDIS_URL")
+        .unwrap_or_else(|_| server.as_ref().map(RedisServer::url).unwrap_or_default());
+    let setup = Setup {
+        url,
+        round: Default::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let setup = &setup;
+        // BENCH_ONLY=rpc64|queue runs one busbar workload (for profiling).
+        match std::env::var("BENCH_ONLY").as_deref() {
+            Ok("rpc64") => {
+                let calls = count(100_000.0);
+                let r = rate(calls, || busbar_rpc(setup, calls, 64)).await;
+                println!("busbar RPC with 64 in flight: {r:.0}/s");
+                return;
+            }
+            Ok("queue") => {
+                let items = count(200_000.0);
+                let r = rate(items, || busbar_queue(setup, items)).await;
+                println!("busbar queue: {r:.0} items/s");
+                return;
+            }
+            _ => {}
+        }
+        let events = count(300_000.0);
+        let items = count(200_000.0);
+        let calls = count(100_000.0);
+        let rows = [
+            (
+                "pub/sub events/s (1 subscriber)",
+                rate(events, || busbar_pubsub(setup, events)).await,
+                "raw PUBLISH, pipelined 100",
+                rate(events, || raw_pubsub(setup, events)).await,
+            ),
+            (
+                "RPC calls/s, sequential",
+                rate(calls / 10, || busbar_rpc(setup, calls / 10, 1)).await,
+                "raw req/reply over pub/sub",
+                rate(calls / 10, || raw_rpc(setup, calls / 10, 1)).await,
+            ),
+            (
+                "RPC calls/s, 64 in flight",
+                rate(calls, || busbar_rpc(setup, calls, 64)).await,
+                "raw req/reply over pub/sub",
+                rate(calls, || raw_rpc(setup, calls, 64)).await,
+            ),
+            (
+                "queue items/s, 4 producers / 4 consumers",
+                rate(items, || busbar_queue(setup, items)).await,
+                "raw LPUSH / BRPOP",
+                rate(items, || raw_queue(setup, items)).await,
+            ),
+        ];
+        println!("| workload (redis://) | busbar | baseline | baseline/s | busbar / baseline |");
+        println!("|---|---:|---|---:|---:|");
+        for (name, busbar, baseline, raw) in rows {
+            println!(
+                "| {name} | {busbar:.0} | {baseline} | {raw:.0} | {:.0}% |",
+                100.0 * busbar / raw
+            );
+        }
+    });
+}
