@@ -229,7 +229,8 @@ impl Bus {
     ///
     /// A crate that nothing references is not linked and its handlers are missing:
     /// add `use that_crate as _;`, or start them with [`Bus::start_endpoints`].
-    /// On error, the handlers already started are stopped.
+    /// On error, the handlers already started are stopped. Call it once per bus:
+    /// a second call starts every handler a second time.
     pub async fn start_registered(&self) -> Result<Registered> {
         let mut endpoints: Vec<&'static Endpoint> = Endpoint::registered().collect();
         endpoints.sort_by_key(|e| (e.kind, e.name, e.module_path, e.function));
@@ -384,6 +385,9 @@ pub(crate) mod macro_support {
     )]
     pub trait RemoteError: Into<Fault> + 'static {}
     impl<E: Into<Fault> + 'static> RemoteError for E {}
+
+    /// Compiles only when `E` may be the error of a `#[remote]` function.
+    pub const fn assert_remote_error<E: RemoteError>() {}
 
     /// The typed stub for a method name validated at compile time.
     pub fn stub<A: RemoteArgs, R: RemoteReturn>(bus: &Bus, name: &'static str) -> Stub<A, R> {

@@ -173,6 +173,9 @@ pub(crate) fn remote_asserts(args: &[Arg], sig: &syn::Signature) -> TokenStream 
         let ok = returns.ok_type();
         let span = signature::return_span(sig);
         out.extend(quote_spanned!(span=> #p::assert_remote_return::<#ok>();));
+        if let Returns::Result { err: Some(err), .. } = &returns {
+            out.extend(quote_spanned!(err.span()=> #p::assert_remote_error::<#err>();));
+        }
     }
     out
 }

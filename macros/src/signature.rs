@@ -23,8 +23,9 @@ pub(crate) enum Returns {
     Unit,
     /// A plain value, wrapped as `Ok` in generated code.
     Plain(Type),
-    /// A `Result` (a type whose last path segment is `Result`); `ok` is its value type.
-    Result { ok: Type },
+    /// A `Result` (a type whose last path segment is `Result`); `ok` is its value
+    /// type, `err` its error type when written out (not with `busbar::Result<T>`).
+    Result { ok: Type, err: Option<Box<Type>> },
 }
 
 impl Returns {
@@ -32,7 +33,7 @@ impl Returns {
     pub(crate) fn ok_type(&self) -> Type {
         match self {
             Returns::Unit => syn::parse_quote!(()),
-            Returns::Plain(ty) | Returns::Result { ok: ty } => ty.clone(),
+            Returns::Plain(ty) | Returns::Result { ok: ty, .. } => ty.clone(),
         }
     }
 }
@@ -171,8 +172,15 @@ pub(crate) fn returns(sig: &Signature, macro_name: &str) -> syn::Result<Returns>
         if let Some(last) = path.path.segments.last() {
             if last.ident == "Result" {
                 if let PathArguments::AngleBracketed(generics) = &last.arguments {
-                    if let Some(GenericArgument::Type(ok)) = generics.args.first() {
-                        return Ok(Returns::Result { ok: ok.clone() });
+                    let mut types = generics.args.iter().filter_map(|arg| match arg {
+                        GenericArgument::Type(ty) => Some(ty.clone()),
+                        _ => None,
+                    });
+                    if let Some(ok) = types.next() {
+                        return Ok(Returns::Result {
+                            ok,
+                            err: types.next().map(Box::new),
+                        });
                     }
                 }
             }

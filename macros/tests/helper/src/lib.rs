@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Asks [`on_ping`] for a [`Pong`].
+/// Asks [`on_ping()`] for a [`Pong`].
 #[derive(Debug, Serialize, Deserialize, busbar::Event)]
 #[event(topic = "helper.ping")]
 pub struct Ping {
