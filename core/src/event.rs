@@ -72,6 +72,11 @@ impl Message {
         &self.envelope.headers
     }
 
+    /// The value of the first header named `key`.
+    pub fn header(&self, key: &str) -> Option<&str> {
+        self.envelope.header(key)
+    }
+
     /// The encoded payload.
     pub fn payload(&self) -> &[u8] {
         &self.envelope.payload

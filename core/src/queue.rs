@@ -71,7 +71,7 @@ impl<T> Queue<T> {
     }
 }
 
-impl<T: Serialize + FromEnvelope> Queue<T> {
+impl<T: Serialize> Queue<T> {
     /// Appends an item; it waits there until a consumer takes it.
     pub async fn put(&self, item: &T) -> Result<()> {
         let transport = self.bus.transport_checked()?;
@@ -87,7 +87,10 @@ impl<T: Serialize + FromEnvelope> Queue<T> {
         Stats::incr(&transport.stats().enqueued);
         Ok(())
     }
+}
 
+/// Taking items needs only decoding, so a `Queue<Message>` reads items raw.
+impl<T: FromEnvelope> Queue<T> {
     /// Takes the next item, waiting up to `timeout`; `Ok(None)` if none came.
     pub async fn get(&self, timeout: Duration) -> Result<Option<T>> {
         let transport = self.bus.transport_checked()?;

@@ -3,7 +3,7 @@
 
 use crate::pubsub::Point;
 use crate::{has_acks, has_queues, ok, within, within_long, Harness, WAIT};
-use busbar_core::{Bus, Error, Name, Queue};
+use busbar_core::{Bus, Error, Message, Name, Queue};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -526,13 +526,14 @@ pub async fn undecodable_queue_item_goes_to_dead_letter_on_receive(h: Harness) {
 /// The dead-letter queue of `queue` holds exactly one raw item whose payload is
 /// the JSON of `text`, with the decode error in a `busbar-error` header.
 async fn check_dead_letter(bus: &Bus, queue: &str, text: &str) {
-    let dead = ok("dead-letter name", Name::new(&format!("_dead.{queue}")));
+    let dead_name = format!("_dead.{queue}");
+    let dead = ok("dead-letter queue", bus.queue::<Message>(&dead_name));
     let raw = ok(
         "dead-letter get",
-        within("the dead letter", bus.transport().queue_get(&dead, WAIT)).await,
+        within("the dead letter", dead.get(WAIT)).await,
     )
     .expect("the bad item must be in the dead-letter queue, not lost");
-    let payload: String = ok("dead-letter payload", serde_json::from_slice(&raw.payload));
+    let payload: String = ok("dead-letter payload", raw.decode());
     assert_eq!(
         payload, text,
         "the dead letter keeps the payload as it was put"
@@ -540,8 +541,9 @@ async fn check_dead_letter(bus: &Bus, queue: &str, text: &str) {
     assert!(
         raw.header("busbar-error").is_some(),
         "the dead letter must say why: headers {:?}",
-        raw.headers
+        raw.headers()
     );
+    let dead = ok("dead-letter name", Name::new(&dead_name));
     assert_eq!(
         ok("len", bus.transport().queue_len(&dead).await),
         0,
