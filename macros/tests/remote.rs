@@ -248,3 +248,16 @@ async fn two_instances_serve_under_their_own_prefixes() {
     assert!(CounterClient::with_prefix(&bus, "bad..prefix").is_err());
     assert!(bus.serve_as(Counter::new(), "bad prefix").await.is_err());
 }
+
+/// This test binary never names the helper crate (a dev-dependency like in
+/// `registration.rs`), so the crate is not linked and its endpoints are absent:
+/// the reason for the documented `use my_handlers as _;`.
+#[test]
+fn an_unnamed_crate_registers_nothing() {
+    let from_helper: Vec<&str> = busbar::Endpoint::registered()
+        .filter(|e| e.module_path().starts_with("busbar_macros_testhelper"))
+        .map(|e| e.name())
+        .collect();
+    assert!(from_helper.is_empty(), "{from_helper:?}");
+    assert!(busbar::Endpoint::registered().any(|e| e.name() == "math.product"));
+}

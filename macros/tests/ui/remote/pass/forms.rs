@@ -45,7 +45,9 @@ async fn patterns(Point { x, y }: Point, (a, b): (u8, u8), _: bool) -> i32 {
 
 async fn client(bus: &busbar::Bus) -> busbar::Result<()> {
     let _: i64 = math::product::call(bus, 6, 7).await?;
-    let _: Vec<busbar::Result<u32>> = reserve::stub(bus).call_all(&("lamp".to_string(), 1)).await?;
+    let _: Vec<busbar::Result<u32>> = reserve::stub(bus)
+        .call_all(&("lamp".to_string(), 1))
+        .await?;
     nothing::call(bus).await?;
     let _: Vec<Point> = fallible::call(bus).await?;
     let _: i32 = patterns::call(bus, Point { x: 1, y: 1 }, (1, 2), true).await?;

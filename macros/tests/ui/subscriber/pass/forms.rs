@@ -32,7 +32,11 @@ fn other_topic((id, _note): (u64, String)) {
 }
 
 fn main() {
-    let _ = (sync_handler::PATTERN, raw::ENDPOINT.name(), other_topic::PATTERN);
+    let _ = (
+        sync_handler::PATTERN,
+        raw::ENDPOINT.name(),
+        other_topic::PATTERN,
+    );
     let _ = async_handler::subscribe;
     let _ = owned_bus::subscribe;
     let _ = typed_pattern::subscribe;
