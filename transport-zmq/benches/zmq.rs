@@ -26,7 +26,15 @@ struct Sizes {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "quick");
+    // `events`, `rpc` or `queue` run only that part.
+    let parts: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| ["events", "rpc", "queue"].contains(a))
+        .collect();
+    let run = move |part: &str| parts.is_empty() || parts.contains(&part);
     let sizes = if quick {
         Sizes {
             events: 50_000,
@@ -50,6 +58,7 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async move {
         println!("busbar zmq benchmark (100-byte payloads, loopback)");
+        if run("events") {
         let events = events_through_broker(&url, sizes.events).await;
         let raw_events = raw_pub_sub(sizes.events).await;
         println!(
@@ -60,6 +69,8 @@ fn main() {
             sizes.events,
             events / raw_events.0
         );
+        }
+        if run("rpc") {
         let rpc = sequential_rpc(&url, sizes.calls).await;
         let raw_rpc = raw_req_rep(sizes.calls).await;
         println!(
@@ -68,8 +79,11 @@ fn main() {
         );
         let parallel = concurrent_rpc(&url, sizes.concurrent_calls, 64).await;
         println!("RPC with 64 in flight: busbar {parallel:.0} calls/s");
+        }
+        if run("queue") {
         let items = queue_items(&url, sizes.items).await;
         println!("queue put+get (32 producers, 32 consumers): busbar {items:.0} items/s");
+        }
     });
 }
 

@@ -22,9 +22,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// How long `shutdown` waits for running handlers.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Time a plain `get` holds an item before the broker would redeliver it; the
-/// client acknowledges it as soon as it arrives.
-const GET_VISIBILITY: Duration = Duration::from_secs(30);
+/// A plain `get` asks for visibility 0: the broker forgets the item as it sends it.
+const GET_VISIBILITY: Duration = Duration::ZERO;
 
 /// What the connection task sends, in order.
 pub(crate) enum Outbound {
@@ -286,7 +285,7 @@ impl ZmqBus {
                 protocol::u64_frame(req),
                 protocol::text_frame(queue),
                 protocol::u32_frame(millis(timeout)),
-                protocol::u32_frame(millis(visibility).max(1)),
+                protocol::u32_frame(millis(visibility)),
             ],
         );
         let mut pending = shared.register(req, false);
@@ -444,16 +443,10 @@ impl EventBus for ZmqBus {
     }
 
     async fn queue_get(&self, queue: &Name, timeout: Duration) -> Result<Option<Envelope>> {
-        match self.fetch(queue, timeout, GET_VISIBILITY).await? {
-            None => Ok(None),
-            Some((tag, _, envelope)) => {
-                self.shared.command(
-                    protocol::message(cmd::ACK, [protocol::u64_frame(0), protocol::u64_frame(tag)]),
-                    None,
-                );
-                Ok(Some(envelope))
-            }
-        }
+        Ok(self
+            .fetch(queue, timeout, GET_VISIBILITY)
+            .await?
+            .map(|(_, _, envelope)| envelope))
     }
 
     async fn queue_receive(
@@ -462,6 +455,8 @@ impl EventBus for ZmqBus {
         timeout: Duration,
         visibility: Duration,
     ) -> Result<Option<RawDelivery>> {
+        // At least 1 ms: 0 would mean a plain get, settled as it leaves the broker.
+        let visibility = visibility.max(Duration::from_millis(1));
         match self.fetch(queue, timeout, visibility).await? {
             None => Ok(None),
             Some((tag, attempt, envelope)) => {

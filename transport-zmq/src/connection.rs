@@ -595,14 +595,20 @@ fn item(shared: &Shared, args: &[Bytes]) -> Parsed<()> {
         attempt,
         envelope,
     };
-    if shared.answer(req, answer).is_err() {
-        shared.command(
+    if let Err(Answer::Item { envelope, .. }) = shared.answer(req, answer) {
+        let frames = if tag == 0 {
+            // A plain get's item, now the client's: give it back as it was.
+            protocol::message(
+                cmd::RETURN,
+                [protocol::u32_frame(attempt.saturating_sub(1)), envelope],
+            )
+        } else {
             protocol::message(
                 cmd::NACK,
                 [protocol::u64_frame(0), protocol::u64_frame(tag)],
-            ),
-            None,
-        );
+            )
+        };
+        shared.command(frames, None);
     }
     Ok(())
 }

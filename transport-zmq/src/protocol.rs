@@ -26,6 +26,7 @@ pub(crate) mod cmd {
     pub(crate) const NACK: u8 = 0x23;
     pub(crate) const LEN: u8 = 0x24;
     pub(crate) const CANCEL: u8 = 0x25;
+    pub(crate) const RETURN: u8 = 0x26;
     pub(crate) const SERVE: u8 = 0x30;
     pub(crate) const UNSERVE: u8 = 0x31;
     pub(crate) const CALL: u8 = 0x32;

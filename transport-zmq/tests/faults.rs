@@ -535,3 +535,27 @@ async fn a_slow_subscriber_is_told_what_it_missed() {
     assert!(missed > 0, "a 16-event buffer cannot hold {N} events");
     assert_eq!(subscriber.stats().lagged, missed);
 }
+
+/// RETURN (what a client sends for a plain get's item it no longer waits for)
+/// puts the item back at the head of its queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returned_item_goes_back_to_the_head() {
+    let broker = broker().await;
+    let consumer = bus(&broker.url()).await;
+    let queue = consumer.queue::<u32>("returned.jobs").unwrap();
+    queue.put(&2).await.unwrap();
+    let item = busbar_core::Envelope::new(
+        busbar_core::Kind::QueueItem,
+        busbar_core::Name::new("returned.jobs").unwrap(),
+        busbar_core::ContentType::JSON,
+        Bytes::from_static(b"1"),
+    );
+    let mut raw = Raw::hello(broker.endpoint()).await;
+    let encoded = busbar_core::wire::encode(&item).unwrap();
+    raw.send(&[b"BBZ1", &[0x26], &0u32.to_be_bytes(), &encoded])
+        .await;
+    raw.sync().await;
+    assert_eq!(queue.len().await.unwrap(), 2);
+    assert_eq!(queue.get(WAIT).await.unwrap(), Some(1));
+    assert_eq!(queue.get(WAIT).await.unwrap(), Some(2));
+}

@@ -399,6 +399,7 @@ impl Core {
             cmd::NACK => self.settle(key, args, false),
             cmd::LEN => self.len(key, args),
             cmd::CANCEL => self.cancel(key, args),
+            cmd::RETURN => self.give_back(key, args),
             cmd::SERVE => self.serve(key, args),
             cmd::UNSERVE => self.unserve(key, args),
             cmd::CALL => self.call(key, args, false),
@@ -787,6 +788,20 @@ impl Core {
                 break;
             };
             item.attempt += 1;
+            if waiter.visibility.is_zero() {
+                // A plain get: the item is the consumer's as it leaves (tag 0).
+                let frames = protocol::message(
+                    cmd::ITEM,
+                    [
+                        protocol::u64_frame(waiter.req),
+                        protocol::u64_frame(0),
+                        protocol::u32_frame(item.attempt),
+                        item.envelope,
+                    ],
+                );
+                self.send(waiter.client, frames);
+                continue;
+            }
             let tag = self.next_tag;
             self.next_tag += 1;
             let frames = protocol::message(
@@ -813,6 +828,25 @@ impl Core {
             self.schedule(waiter.visibility, Timer::Visibility { tag });
         }
         self.forget_if_idle(queue);
+    }
+
+    /// RETURN: an item a plain get delivered that nobody took any more.
+    fn give_back(&mut self, key: u64, args: &[Bytes]) -> Parsed<()> {
+        let [attempt, envelope] = protocol::args(args, "RETURN")?;
+        let attempt = protocol::read_u32(&attempt, "attempt")?;
+        let queue = match protocol::peek(&envelope, self.config.max_envelope) {
+            Ok(peek) if peek.kind == Kind::QueueItem => peek.subject.to_owned(),
+            Ok(_) => return Err(Malformed("RETURN: the envelope is not a queue item".into())),
+            Err(why) => return Err(why),
+        };
+        tracing::debug!(client = key, %queue, "an item came back unused");
+        self.queues
+            .entry(queue.clone())
+            .or_default()
+            .items
+            .push_front(Item { envelope, attempt });
+        self.dispatch(&queue);
+        Ok(())
     }
 
     /// Puts a held item back at the front of its queue.
