@@ -78,7 +78,7 @@ impl Registry {
 }
 
 enum Control {
-    Subscribe(Topic, oneshot::Sender<()>),
+    Subscribe(Topic, oneshot::Sender<std::result::Result<(), String>>),
     Unsubscribe(Topic),
     /// Answered once every change sent before it reached Redis.
     Sync(oneshot::Sender<()>),
@@ -149,7 +149,10 @@ impl Subscriber {
             .send(Control::Subscribe(topic, done))
             .map_err(|_| Error::Closed)?;
         match tokio::time::timeout(self.outage_wait, confirmed).await {
-            Ok(Ok(())) => Ok(guard),
+            Ok(Ok(Ok(()))) => Ok(guard),
+            Ok(Ok(Err(refused))) => Err(Error::transport(format!(
+                "redis refused the subscription: {refused}"
+            ))),
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) => Err(Error::transport(
                 "redis did not confirm the subscription (unreachable?)",
@@ -210,7 +213,7 @@ struct Owner {
     generation: u64,
     lost_tx: mpsc::UnboundedSender<u64>,
     /// Subscribe requests to confirm once the connection is back.
-    waiting: Vec<oneshot::Sender<()>>,
+    waiting: Vec<oneshot::Sender<std::result::Result<(), String>>>,
 }
 
 impl Owner {
@@ -261,18 +264,20 @@ impl Owner {
         match result {
             Ok(()) => {
                 if let Control::Subscribe(_, done) = request {
-                    let _ = done.send(());
+                    let _ = done.send(Ok(()));
                 }
             }
-            Err(err) => {
+            Err(err) if crate::connection::is_connection_error(&err) => {
                 // The registry already holds the topic: the reconnect subscribes to it.
                 if let Control::Subscribe(_, done) = request {
                     self.waiting.push(done);
                 }
-                if crate::connection::is_connection_error(&err) {
-                    self.lose(&err.to_string());
-                } else {
-                    tracing::warn!(%err, "redis refused a subscription change");
+                self.lose(&err.to_string());
+            }
+            Err(err) => {
+                tracing::warn!(%err, "redis refused a subscription change");
+                if let Control::Subscribe(_, done) = request {
+                    let _ = done.send(Err(err.to_string()));
                 }
             }
         }
@@ -302,7 +307,7 @@ impl Owner {
                             "redis subscriber connection restored; subscriptions replayed"
                         );
                         for done in self.waiting.drain(..) {
-                            let _ = done.send(());
+                            let _ = done.send(Ok(()));
                         }
                         return;
                     }
@@ -315,6 +320,8 @@ impl Owner {
     }
 }
 
+/// Subscribes again to every topic in use. Only a lost connection fails it: a
+/// topic Redis refuses (its ACL changed) is logged and skipped.
 async fn resubscribe(conn: &mut MultiplexedConnection, topics: &[Topic]) -> redis::RedisResult<()> {
     let channels: Vec<&str> = topics
         .iter()
@@ -330,11 +337,32 @@ async fn resubscribe(conn: &mut MultiplexedConnection, topics: &[Topic]) -> redi
             Topic::Channel(_) => None,
         })
         .collect();
-    if !channels.is_empty() {
-        conn.subscribe(&channels).await?;
+    let all_at_once = async {
+        if !channels.is_empty() {
+            conn.subscribe(&channels).await?;
+        }
+        if !globs.is_empty() {
+            conn.psubscribe(&globs).await?;
+        }
+        Ok::<_, redis::RedisError>(())
     }
-    if !globs.is_empty() {
-        conn.psubscribe(&globs).await?;
+    .await;
+    match all_at_once {
+        Err(err) if !crate::connection::is_connection_error(&err) => {}
+        other => return other,
+    }
+    for topic in topics {
+        let result = match topic {
+            Topic::Channel(c) => conn.subscribe(c).await,
+            Topic::Glob(g) => conn.psubscribe(g).await,
+        };
+        match result {
+            Err(err) if crate::connection::is_connection_error(&err) => return Err(err),
+            Err(err) => {
+                tracing::warn!(%err, ?topic, "redis refused a subscription when reconnecting")
+            }
+            Ok(()) => {}
+        }
     }
     Ok(())
 }

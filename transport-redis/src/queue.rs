@@ -14,9 +14,9 @@
 //!
 //! **Taking** (`get` and `receive`) sends one pipeline on a connection of its own
 //! (blocking pops never share a connection): `BLMOVE` from the queue into `:p`
-//! with the server-side timeout, then an `EVAL` that moves one item from `:p` into
+//! with the server-side timeout, then an `EVALSHA` that moves one item from `:p` into
 //! the in-flight table with its deadline and attempt count, and returns it. Redis
-//! runs the `EVAL` as soon as the pop returns, before the reply leaves, so an item
+//! runs the script as soon as the pop returns, before the reply leaves, so an item
 //! is never in the client's hands without being in flight: a reply lost with
 //! the connection costs a redelivery, never the item. The server ends the wait,
 //! so a `get` that timed out cannot swallow an item put after it. A caller that
@@ -72,16 +72,16 @@ end
 ";
 
 /// Adopts an item a blocking pop just moved into the processing list.
-/// KEYS[1] = base, ARGV[1] = visibility (ms). Sent with `EVAL` (never
-/// `NOSCRIPT`) right behind the pop, in the same pipeline.
-static ADOPT: LazyLock<String> = LazyLock::new(|| {
-    format!(
+/// KEYS[1] = base, ARGV[1] = visibility (ms). Sent with `EVALSHA` right behind
+/// the pop, in the same pipeline.
+static ADOPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
         "{COMMON}
 local base = KEYS[1]
 local item = redis.call('LPOP', base .. ':p')
 if not item then return false end
 return park(base, item, now_ms(), tonumber(ARGV[1]))"
-    )
+    ))
 });
 
 /// Puts an in-flight item back at the head of the queue. KEYS[1] = base, ARGV[1] = id.
@@ -252,8 +252,8 @@ async fn wait(
         .ignore();
     // Runs on the server right after the pop returns (a blocked client's next
     // command waits for it): the item is in flight before it leaves Redis.
-    pipe.cmd("EVAL")
-        .arg(ADOPT.as_str())
+    pipe.cmd("EVALSHA")
+        .arg(ADOPT.get_hash())
         .arg(1)
         .arg(base)
         .arg(visibility_ms);
@@ -275,6 +275,27 @@ async fn wait(
     };
     let adopted = match popped {
         Ok(Ok((value,))) => value,
+        Ok(Err(err))
+            if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            // The script cache was empty (first use, restart, SCRIPT FLUSH): the
+            // pop ran; load the script and adopt now. Should this fail, the
+            // reaper puts the item back from the processing list.
+            abandon.armed = false;
+            let adopted = tokio::time::timeout(
+                grace,
+                ADOPT
+                    .key(base)
+                    .arg(visibility_ms)
+                    .invoke_async::<Value>(&mut blocking.conn),
+            )
+            .await;
+            match adopted {
+                Ok(Ok(value)) => value,
+                Ok(Err(err)) => return Err(transport_error(err)),
+                Err(_) => return Err(Error::transport("redis did not answer in time")),
+            }
+        }
         Ok(Err(err)) => return Err(transport_error(err)),
         Err(_) => return Err(Error::transport("redis did not end a blocking pop in time")),
     };

@@ -316,3 +316,22 @@ async fn server_restart_mid_stream() {
         stats_reach(bus, "reconnected", |s| s.reconnects >= 1).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushed_scripts_strand_no_item() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let (consumer, producer) = (bus(&url).await, bus(&url).await);
+    let q = consumer.queue::<u32>("flush.q").unwrap();
+    let p = producer.queue::<u32>("flush.q").unwrap();
+    for round in 0..3u32 {
+        let reply = server.command(&["SCRIPT", "FLUSH"]).expect("SCRIPT FLUSH");
+        assert!(reply.starts_with("+OK"), "{reply:?}");
+        p.put(&round).await.unwrap();
+        let got = q.get(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(got, Some(round));
+        let delivery = q.receive(Duration::from_millis(100)).await.unwrap();
+        assert!(delivery.is_none(), "nothing else is there");
+    }
+    assert_eq!(q.len().await.unwrap(), 0);
+}
