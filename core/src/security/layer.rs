@@ -96,6 +96,46 @@ struct Shared {
     config: SecureLayer,
     stats: Arc<Stats>,
     transport: &'static str,
+    log: LogBudget,
+}
+
+/// Most refusals logged per second; the rest are counted, and their number is
+/// logged with the next refusal logged.
+const LOGS_PER_SECOND: u64 = 20;
+
+/// Keeps a flood of forged messages from flooding the log too.
+#[derive(Default)]
+struct LogBudget {
+    /// `second << 16 | logged in that second`.
+    window: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl LogBudget {
+    /// `Some(refusals not logged since the last one)` when this one may be logged.
+    fn take(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let second = crate::now_millis() / 1000;
+        let admitted = self
+            .window
+            .fetch_update(Relaxed, Relaxed, |window| {
+                let (at, count) = (window >> 16, window & 0xffff);
+                if at != second {
+                    Some(second << 16 | 1)
+                } else if count < LOGS_PER_SECOND {
+                    Some(window + 1)
+                } else {
+                    None
+                }
+            })
+            .is_ok();
+        if admitted {
+            Some(self.suppressed.swap(0, Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Relaxed);
+            None
+        }
+    }
 }
 
 impl std::fmt::Debug for Secured {
@@ -116,6 +156,7 @@ impl Secured {
             stats: inner.stats().clone(),
             transport: inner.name(),
             config,
+            log: LogBudget::default(),
         });
         Secured { inner, shared }
     }
@@ -214,9 +255,13 @@ impl Shared {
         Ok(Some(key))
     }
 
-    /// Counts and logs a refused envelope with the identity its sender claims.
+    /// Counts and logs a refused envelope with the identity its sender claims
+    /// (at most [`LOGS_PER_SECOND`] logged; the others are counted).
     fn reject(&self, envelope: &Envelope, why: Rejection, what: &'static str) {
         Stats::incr(&self.stats.rejected);
+        let Some(not_logged) = self.log.take() else {
+            return;
+        };
         tracing::warn!(
             transport = self.transport,
             what,
@@ -224,6 +269,7 @@ impl Shared {
             id = %envelope.id,
             key_id = sign::claimed_key_id(&envelope.signature).unwrap_or("-"),
             reason = %why,
+            not_logged,
             "rejected an incoming envelope"
         );
     }
@@ -418,5 +464,25 @@ impl Handler for SecuredHandler {
                 self.shared.outgoing(error).ok()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_budget_caps_each_second_and_reports_what_it_skipped() {
+        let budget = LogBudget::default();
+        let logged = (0..100).filter(|_| budget.take().is_some()).count() as u64;
+        // A second boundary may fall inside the loop: at most two windows.
+        assert!(
+            (LOGS_PER_SECOND..=2 * LOGS_PER_SECOND).contains(&logged),
+            "{logged}"
+        );
+        assert_eq!(
+            budget.suppressed.load(std::sync::atomic::Ordering::Relaxed),
+            100 - logged
+        );
     }
 }

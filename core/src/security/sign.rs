@@ -31,9 +31,34 @@ pub fn sign(envelope: &mut Envelope, keys: &KeyRing) -> Result<usize> {
     sign_with(envelope, keys.signing())
 }
 
+/// Runs `f` on the bytes a signature covers ([`wire::encode_unsigned`]), encoded
+/// into a buffer reused per thread so that signing and verifying do not allocate.
+fn with_signed_part<T>(envelope: &Envelope, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
+    thread_local! {
+        static BUFFER: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    }
+    BUFFER.with(|buffer| {
+        let Ok(mut buffer) = buffer.try_borrow_mut() else {
+            return Ok(f(&wire::encode_unsigned(envelope)?));
+        };
+        buffer.clear();
+        wire::encode_into(envelope, &mut buffer)?;
+        let signed_len = buffer.len() - 2 - envelope.signature.len();
+        let result = f(&buffer[..signed_len]);
+        if buffer.capacity() > 64 * 1024 {
+            *buffer = BytesMut::new();
+        }
+        Ok(result)
+    })
+}
+
 pub(crate) fn sign_with(envelope: &mut Envelope, key: &Key) -> Result<usize> {
-    let body = wire::encode_unsigned(envelope)?;
-    let tag = key.mac().chain_update(&body).finalize().into_bytes();
+    let (tag, signed_len) = with_signed_part(envelope, |body| {
+        (
+            key.mac().chain_update(body).finalize().into_bytes(),
+            body.len(),
+        )
+    })?;
     let id = key.id().as_bytes();
     let mut signature = BytesMut::with_capacity(2 + id.len() + MAC_LEN);
     signature.put_u8(SCHEME_HMAC_SHA256);
@@ -41,7 +66,7 @@ pub(crate) fn sign_with(envelope: &mut Envelope, key: &Key) -> Result<usize> {
     signature.put_slice(id);
     signature.put_slice(&tag);
     envelope.signature = signature.freeze();
-    Ok(body.len())
+    Ok(signed_len)
 }
 
 /// The key id a signature claims, if the signature is well formed.
@@ -72,11 +97,11 @@ fn parse(signature: &[u8]) -> Result<(&str, &[u8]), Rejection> {
 pub fn verify<'k>(envelope: &Envelope, keys: &'k KeyRing) -> Result<&'k Key, Rejection> {
     let (id, tag) = parse(&envelope.signature)?;
     let key = keys.get(id).ok_or(Rejection::UnknownKey)?;
-    let body = wire::encode_unsigned(envelope).map_err(|_| Rejection::Malformed)?;
-    key.mac()
-        .chain_update(&body)
-        .verify_slice(tag)
-        .map_err(|_| Rejection::BadSignature)?;
+    with_signed_part(envelope, |body| {
+        key.mac().chain_update(body).verify_slice(tag)
+    })
+    .map_err(|_| Rejection::Malformed)?
+    .map_err(|_| Rejection::BadSignature)?;
     Ok(key)
 }
 
