@@ -287,6 +287,7 @@ pub(crate) mod macro_support {
     pub use std::time::Duration;
 
     use crate::name::Name;
+    use crate::stats::Stats;
     use serde::de::DeserializeOwned;
     use serde::Serialize;
 
@@ -441,6 +442,40 @@ pub(crate) mod macro_support {
         Fut::Output: SubscriberReturn,
     {
         bus.on(handler).await
+    }
+
+    /// Runs a `#[subscriber]` that also takes the received message (its metadata):
+    /// each message matching `pattern` is decoded as `T`; one that does not decode
+    /// is counted, logged and skipped, like in `Bus::on`.
+    pub async fn on_with_message<T, F, Fut>(
+        bus: &Bus,
+        pattern: &str,
+        handler: F,
+    ) -> Result<Listener>
+    where
+        T: FromEnvelope,
+        F: Fn(T, Message) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: SubscriberReturn,
+    {
+        let handler = Arc::new(handler);
+        let stats = Arc::clone(bus.transport().stats());
+        let text: Arc<str> = Arc::from(pattern);
+        bus.on_pattern(pattern, move |message: Message| {
+            let handler = Arc::clone(&handler);
+            let stats = Arc::clone(&stats);
+            let pattern = Arc::clone(&text);
+            async move {
+                match T::from_envelope(message.envelope().clone()) {
+                    Ok(value) => handler(value, message).await.report(&pattern),
+                    Err(err) => {
+                        Stats::incr(&stats.decode_errors);
+                        tracing::warn!(%pattern, %err, "subscription item skipped");
+                    }
+                }
+            }
+        })
+        .await
     }
 
     /// Runs a `#[subscriber]` for each message matching `pattern`.

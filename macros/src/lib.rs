@@ -18,8 +18,10 @@ use proc_macro::TokenStream;
 /// Runs a function for each event it takes, once started on a bus.
 ///
 /// The function, sync or async, takes the event by value, optionally followed by
-/// `&Bus` (or `Bus`), and returns `()` or `Result<(), E>` with `E: Display`
-/// (errors are logged). Handlers run one event at a time, in order.
+/// `&Bus` (or `Bus`) and `&Message` (the received message: topic, id, timestamp,
+/// headers), and returns `()` or `Result<(), E>` with `E: Display` (errors are
+/// logged). Handlers run one event at a time, in order; an event whose payload
+/// does not decode is counted, logged and skipped.
 ///
 /// - `#[subscriber]`: the parameter's type implements `Event`; its `TOPIC` is used;
 /// - `#[subscriber(topic = "legacy.orders")]`: another topic, any payload type;
@@ -52,12 +54,19 @@ use proc_macro::TokenStream;
 ///     println!("{} on {}", message.id(), message.topic());
 /// }
 ///
+/// #[busbar::subscriber]
+/// fn log(order: OrderCreated, message: &Message) {
+///     println!("order {} sent at {} ms", order.id, message.timestamp_ms());
+/// }
+///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> busbar::Result<()> {
 /// use futures::StreamExt;
 /// let bus = Bus::connect("memory://doc-subscriber").await?;
 /// let mut confirmed = bus.subscribe::<OrderConfirmed>().await?;
-/// let _running = bus.start_endpoints([&confirm::ENDPOINT, &audit::ENDPOINT]).await?;
+/// let _running = bus
+///     .start_endpoints([&confirm::ENDPOINT, &audit::ENDPOINT, &log::ENDPOINT])
+///     .await?;
 /// bus.publish(&OrderCreated { id: 7 }).await?;
 /// assert_eq!(confirmed.next().await.unwrap()?, OrderConfirmed { id: 7 });
 /// # Ok(()) }

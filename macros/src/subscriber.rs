@@ -18,13 +18,15 @@ enum Source {
     Pattern(LitStr),
 }
 
-/// How the optional second parameter receives the bus.
-enum Context {
-    None,
-    /// `&Bus`.
-    Ref,
-    /// `Bus` (a clone).
-    Owned,
+/// A parameter after the event: context given by the bus.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    /// `&Bus`: the bus the event came from.
+    BusRef,
+    /// `Bus`: a clone of it.
+    BusOwned,
+    /// `&Message`: the received message, for its metadata.
+    MessageRef,
 }
 
 /// Expands `#[subscriber]`, `#[subscriber(topic = "...")]` or `#[subscriber(pattern = "...")]`.
@@ -66,20 +68,26 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     }
     signature::check_plain(sig, "subscriber")?;
     let args = signature::typed_args(sig);
-    let (event, context) = match args.as_slice() {
-        [] => return Err(error(
+    let Some((event, rest)) = args.split_first() else {
+        return Err(error(
             sig.paren_token.span.join(),
             "a #[subscriber] takes the event as its parameter: `fn on_order(order: OrderCreated)`",
-        )),
-        [event] => (event, Context::None),
-        [event, second] => (event, context_of(second)?),
-        [_, _, third, ..] => {
-            return Err(error_at(
-                &third.ty,
-                "a #[subscriber] takes one event parameter, optionally followed by `&Bus`",
-            ))
-        }
+        ));
     };
+    let mut extras = Vec::new();
+    for arg in rest {
+        let extra = extra_of(arg)?;
+        let same_kind = |e: &Extra| (*e == Extra::MessageRef) == (extra == Extra::MessageRef);
+        if extras.iter().any(same_kind) {
+            return Err(error_at(
+                &arg.ty,
+                "this context parameter is already given once",
+            ));
+        }
+        extras.push(extra);
+    }
+    let wants_bus = extras.iter().any(|e| *e != Extra::MessageRef);
+    let wants_message = extras.contains(&Extra::MessageRef);
     if let Type::Reference(reference) = &event.ty {
         return Err(error_at(
             reference,
@@ -110,27 +118,54 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     };
 
     let event_ident = proc_macro2::Ident::new("event", proc_macro2::Span::mixed_site());
+    let message_ident = proc_macro2::Ident::new("message", proc_macro2::Span::mixed_site());
     let ctx = proc_macro2::Ident::new("context", proc_macro2::Span::mixed_site());
-    let context_arg = match &context {
-        Context::None => quote!(),
-        Context::Ref => quote!(, &#ctx),
-        Context::Owned => quote!(, #p::Clone::clone(&#ctx)),
+    let extra_args = extras.iter().map(|extra| match extra {
+        Extra::BusRef => quote!(&#ctx),
+        Extra::BusOwned => quote!(#p::Clone::clone(&#ctx)),
+        Extra::MessageRef => quote!(&#message_ident),
+    });
+    let call = quote!(#fn_ident(#event_ident #(, #extra_args)*));
+    let params = if wants_message {
+        quote!(#event_ident: #event_ty, #message_ident: #p::Message)
+    } else {
+        quote!(#event_ident: #event_ty)
     };
-    let call = quote!(#fn_ident(#event_ident #context_arg));
-    let handler = match (&context, is_async) {
-        (Context::None, true) => quote!(let handler = #fn_ident;),
-        (Context::None, false) => quote!(let handler = |#event_ident: #event_ty| #p::ready(#call);),
-        (_, true) => quote! {
-            let bus_for_handler = #p::Clone::clone(bus);
-            let handler = move |#event_ident: #event_ty| {
-                let #ctx = #p::Clone::clone(&bus_for_handler);
-                async move { #call.await }
+    let handler = match (extras.is_empty(), is_async) {
+        (true, true) => quote!(let handler = #fn_ident;),
+        (_, true) => {
+            let (outer, inner) = if wants_bus {
+                (
+                    quote!(let bus_for_handler = #p::Clone::clone(bus);),
+                    quote!(let #ctx = #p::Clone::clone(&bus_for_handler);),
+                )
+            } else {
+                (quote!(), quote!())
             };
-        },
-        (_, false) => quote! {
-            let #ctx = #p::Clone::clone(bus);
-            let handler = move |#event_ident: #event_ty| #p::ready(#call);
-        },
+            quote! {
+                #outer
+                let handler = move |#params| {
+                    #inner
+                    async move { #call.await }
+                };
+            }
+        }
+        (_, false) => {
+            let outer = if wants_bus {
+                quote!(let #ctx = #p::Clone::clone(bus);)
+            } else {
+                quote!()
+            };
+            quote! {
+                #outer
+                let handler = move |#params| #p::ready(#call);
+            }
+        }
+    };
+    let subscribe = if wants_message {
+        quote!(#p::on_with_message::<#event_ty, _, _>(bus, Self::PATTERN, handler))
+    } else {
+        subscribe
     };
     let return_ty = match &sig.output {
         syn::ReturnType::Default => quote!(()),
@@ -189,25 +224,27 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     })
 }
 
-/// The optional second parameter: `&Bus` or `Bus`.
-fn context_of(arg: &Arg) -> syn::Result<Context> {
-    let names_bus = |ty: &Type| match ty {
+/// A parameter after the event: `&Bus`, `Bus` or `&Message`.
+fn extra_of(arg: &Arg) -> syn::Result<Extra> {
+    let last_is = |ty: &Type, name: &str| match ty {
         Type::Path(path) => {
-            path.qself.is_none() && path.path.segments.last().is_some_and(|s| s.ident == "Bus")
+            path.qself.is_none() && path.path.segments.last().is_some_and(|s| s.ident == name)
         }
         _ => false,
     };
     match &arg.ty {
-        Type::Reference(reference)
-            if reference.mutability.is_none() && names_bus(&reference.elem) =>
-        {
-            Ok(Context::Ref)
+        Type::Reference(r) if r.mutability.is_none() && last_is(&r.elem, "Bus") => {
+            Ok(Extra::BusRef)
         }
-        ty if names_bus(ty) => Ok(Context::Owned),
+        Type::Reference(r) if r.mutability.is_none() && last_is(&r.elem, "Message") => {
+            Ok(Extra::MessageRef)
+        }
+        ty if last_is(ty, "Bus") => Ok(Extra::BusOwned),
         ty => Err(error_at(
             ty,
-            "a #[subscriber] takes exactly one event parameter; a second parameter may only be \
-             `&Bus` (the bus the event came from). Subscribe another function for another event",
+            "a #[subscriber] takes exactly one event parameter, optionally followed by `&Bus` \
+             (the bus the event came from) and `&Message` (the received message and its metadata); \
+             subscribe another function for another event",
         )),
     }
 }

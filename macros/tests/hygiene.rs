@@ -31,6 +31,9 @@ mod no_prelude {
     #[::busbar::subscriber]
     pub(crate) fn on_ping(_ping: Pinged) {}
 
+    #[::busbar::subscriber]
+    pub(crate) async fn on_ping_metadata(_ping: Pinged, _message: &::busbar::Message) {}
+
     #[::busbar::subscriber(pattern = "hygiene.*")]
     pub(crate) async fn on_any(_message: ::busbar::Message, _bus: &::busbar::Bus) {}
 
@@ -64,7 +67,11 @@ async fn generated_code_needs_no_prelude() {
     let _half = half::serve(&bus).await.unwrap();
     let _service = bus.serve(Doubler).await.unwrap();
     let _listeners = bus
-        .start_endpoints([&on_ping::ENDPOINT, &on_any::ENDPOINT])
+        .start_endpoints([
+            &on_ping::ENDPOINT,
+            &on_ping_metadata::ENDPOINT,
+            &on_any::ENDPOINT,
+        ])
         .await
         .unwrap();
     assert_eq!(double::NAME, "no_prelude.double");

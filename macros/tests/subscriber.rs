@@ -78,6 +78,23 @@ async fn legacy(order: OrderCreated, bus: Bus) -> Result<(), String> {
     .map_err(|err| err.to_string())
 }
 
+/// Async, with the received message's metadata and the bus.
+#[busbar::subscriber(topic = "orders.audited")]
+async fn with_metadata(order: OrderCreated, message: &Message, bus: &Bus) -> busbar::Result<()> {
+    assert_eq!(message.topic().as_str(), "orders.audited");
+    assert!(message.timestamp_ms() > 0);
+    bus.publish(&OrderConfirmed {
+        id: order.id + 2000,
+    })
+    .await
+}
+
+/// Sync, with the metadata only.
+#[busbar::subscriber(pattern = "metadata.*")]
+fn sync_metadata(value: u32, message: &Message) {
+    seen("sync_metadata", format!("{} {value}", message.topic()));
+}
+
 #[busbar::subscriber]
 fn on_http(seen_request: HTTPRequestSeen) {
     seen("on_http", seen_request.path);
@@ -155,6 +172,31 @@ async fn a_topic_overrides_the_event_topic() {
         .unwrap()
         .unwrap();
     assert_eq!(got, OrderConfirmed { id: 1005 });
+}
+
+#[tokio::test]
+async fn a_handler_may_take_the_message_metadata() {
+    let bus = bus("metadata").await;
+    let mut rx = SEEN.subscribe();
+    let mut confirmed = bus.subscribe::<OrderConfirmed>().await.unwrap();
+    let _async = with_metadata::subscribe(&bus).await.unwrap();
+    let _sync = sync_metadata::subscribe(&bus).await.unwrap();
+    bus.publish_to("orders.audited", &OrderCreated { id: 4 })
+        .await
+        .unwrap();
+    let got = timeout(WAIT, confirmed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, OrderConfirmed { id: 2004 });
+    // A payload that does not decode is skipped; the next one is handled.
+    bus.publish_to("metadata.bad", &"not a number")
+        .await
+        .unwrap();
+    bus.publish_to("metadata.good", &7u32).await.unwrap();
+    expect_seen(&mut rx, &[("sync_metadata", "metadata.good 7")]).await;
+    assert_eq!(bus.stats().decode_errors, 1);
 }
 
 #[tokio::test]

@@ -31,6 +31,12 @@ fn other_topic((id, _note): (u64, String)) {
     let _ = id;
 }
 
+#[busbar::subscriber]
+fn with_metadata(_order: OrderCreated, _message: &Message, _bus: &Bus) {}
+
+#[busbar::subscriber(pattern = "orders.*")]
+async fn metadata_first(_order: OrderCreated, _message: &Message) {}
+
 fn main() {
     let _ = (
         sync_handler::PATTERN,
@@ -40,4 +46,5 @@ fn main() {
     let _ = async_handler::subscribe;
     let _ = owned_bus::subscribe;
     let _ = typed_pattern::subscribe;
+    let _ = (with_metadata::subscribe, metadata_first::subscribe);
 }
