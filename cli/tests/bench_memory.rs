@@ -148,7 +148,7 @@ fn plot_writes_a_valid_svg_with_both_charts() {
         "busbar memory:// throughput",
         "raw tokio channels throughput",
         "percentile",
-        "latency (µs)",
+        "latency (µs, log scale)",
         "time (s)",
         "messages/s",
         "99%",
@@ -182,4 +182,17 @@ fn plot_writes_a_valid_svg_with_both_charts() {
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn rate_paces_the_senders() {
+    // 200 messages at 1000/s: the last one leaves about 199 ms after the first.
+    let report = report(&[
+        "bench", "pubsub", "--msgs", "200", "--rate", "1000", "--json",
+    ]);
+    assert_eq!(report["rate"], 1000.0);
+    assert_eq!(report["complete"], true, "{report}");
+    let send_s = report["busbar"]["send_s"].as_f64().unwrap();
+    assert!((0.19..5.0).contains(&send_s), "{report}");
+    run(&["bench", "pubsub", "--rate", "0"]).expect_code(2);
 }

@@ -238,7 +238,7 @@ pub(crate) struct Meter {
 impl Meter {
     fn new(factory: Factory) -> Arc<Meter> {
         Arc::new(Meter {
-            factory,
+            factory: factory.restarted(),
             completed: AtomicU64::new(0),
             last_ns: AtomicU64::new(0),
         })
@@ -256,7 +256,7 @@ impl Sampler {
         let bar = if show {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             if let Ok(style) = ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} {per_sec} ({elapsed}, eta {eta})",
+                "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
             ) {
                 bar.set_style(style.progress_chars("=> "));
             }
@@ -280,12 +280,11 @@ impl Sampler {
                     meter.completed.load(Ordering::Relaxed),
                 );
                 let dt = (t - last_t).max(1e-9);
-                timeline.push(Point {
-                    t,
-                    rate: (c - last_c) as f64 / dt,
-                });
+                let rate = (c - last_c) as f64 / dt;
+                timeline.push(Point { t, rate });
                 (last_t, last_c) = (t, c);
                 bar.set_position(c);
+                bar.set_message(format!("{rate:.0}/s"));
                 if stopping.load(Ordering::Relaxed) {
                     break;
                 }
@@ -306,6 +305,9 @@ impl Sampler {
 fn share(msgs: u64, index: usize, senders: usize) -> impl Iterator<Item = u64> {
     (index as u64..msgs).step_by(senders.max(1))
 }
+
+/// Sends between two yields of a sender task.
+const YIELD_EVERY: u64 = 16;
 
 /// Counts of the senders.
 #[derive(Default)]
@@ -357,15 +359,32 @@ where
         let meter = meter.clone();
         let send = send.clone();
         let (msgs, inflight) = (plan.msgs, plan.inflight.max(1));
+        let period = plan.rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
         tasks.push(tokio::spawn(async move {
             let mut sent = Sent::default();
-            let mut results = futures::stream::iter(share(msgs, index, count))
-                .map(|seq| send(sender.clone(), meter.factory.make(seq)))
+            let start = tokio::time::Instant::now();
+            let user = sender.clone();
+            let results = futures::stream::iter(share(msgs, index, count).enumerate())
+                .then(|(i, seq)| async move {
+                    // --rate: send the i-th message at start + i periods (open loop).
+                    if let Some(period) = period {
+                        tokio::time::sleep_until(start + period.mul_f64(i as f64)).await;
+                    }
+                    seq
+                })
+                .map(move |seq| send(user.clone(), meter.factory.make(seq)))
                 .buffer_unordered(inflight);
+            let mut results = std::pin::pin!(results);
             while let Some(result) = results.next().await {
                 sent.add(result);
+                // A send that completes without waiting (memory://, a channel)
+                // never gives the worker thread back, and a receiver it woke
+                // sits in that worker's LIFO slot: yield now and then, as any
+                // application doing real work between sends would.
+                if (sent.ok + sent.errors) % YIELD_EVERY == 0 {
+                    tokio::task::yield_now().await;
+                }
             }
-            drop(results);
             (sent, sender)
         }));
     }

@@ -52,6 +52,10 @@ pub(crate) struct BenchArgs {
     /// Subscribers (pubsub), consumers (queue) or servers (rpc).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub(crate) subscribers: u64,
+    /// Messages per second each publisher, producer or caller sends (default: as
+    /// fast as it can). A paced run measures latency without queueing.
+    #[arg(long, value_name = "PER_SECOND", value_parser = parse_rate)]
+    pub(crate) rate: Option<f64>,
     /// Events a subscriber may buffer before it lags (drops are counted).
     #[arg(long, default_value_t = 65_536)]
     pub(crate) capacity: usize,
@@ -84,6 +88,8 @@ pub(crate) struct Plan {
     pub(crate) subscribers: usize,
     pub(crate) capacity: usize,
     pub(crate) idle: Duration,
+    /// Messages per second per sender, if paced.
+    pub(crate) rate: Option<f64>,
     /// Unique per run, so runs on a shared broker never see each other.
     pub(crate) run_id: String,
     /// Show a progress bar.
@@ -114,6 +120,16 @@ impl Plan {
     }
 }
 
+/// A positive, finite rate.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a positive number of messages per second"
+        )),
+    }
+}
+
 /// Runs the benchmark and prints its report.
 pub(crate) async fn run(args: BenchArgs) -> CmdResult {
     let plan = Plan {
@@ -124,6 +140,7 @@ pub(crate) async fn run(args: BenchArgs) -> CmdResult {
         subscribers: args.subscribers as usize,
         capacity: args.capacity.max(1),
         idle: args.idle,
+        rate: args.rate,
         run_id: format!(
             "{}x{}",
             std::process::id(),

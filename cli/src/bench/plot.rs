@@ -44,21 +44,30 @@ fn draw_inner(
 
     // Latency by percentile.
     let x_max = nines(0.99999);
+    // Latency on a log scale: the tail is orders of magnitude above the median.
+    let micros = |ns: u64| (ns as f64 / 1000.0).max(0.1);
     let y_max = outcomes
         .iter()
-        .map(|o| o.histogram.max() as f64 / 1000.0)
+        .map(|o| micros(o.histogram.max()))
         .fold(1.0, f64::max)
-        * 1.1;
+        * 1.5;
+    let y_min = outcomes
+        .iter()
+        .filter(|o| !o.histogram.is_empty())
+        .map(|o| micros(o.histogram.min()))
+        .fold(y_max / 10.0, f64::min)
+        / 1.5;
     let mut latency = ChartBuilder::on(&left)
         .caption("Latency distribution", ("sans-serif", 18))
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
+        .build_cartesian_2d(0f64..x_max, (y_min..y_max).log_scale())?;
     latency
         .configure_mesh()
         .x_desc("percentile")
-        .y_desc("latency (µs)")
+        .y_desc("latency (µs, log scale)")
+        .y_label_formatter(&|y| format!("{y}"))
         .x_labels(6)
         .x_label_formatter(&|x| quantile_label(*x))
         .draw()?;
@@ -72,7 +81,7 @@ fn draw_inner(
                 .map(|&q| {
                     (
                         nines(q).min(x_max),
-                        outcome.histogram.value_at_quantile(q) as f64 / 1000.0,
+                        micros(outcome.histogram.value_at_quantile(q)),
                     )
                 })
                 .collect()

@@ -17,6 +17,15 @@ fn thousands(n: u64) -> String {
     out
 }
 
+/// `1 publisher`, `2 publishers`: `plural` names the role; one drops the `s`.
+fn counted(n: usize, plural: &str) -> String {
+    if n == 1 {
+        format!("1 {}", plural.strip_suffix('s').unwrap_or(plural))
+    } else {
+        format!("{n} {plural}")
+    }
+}
+
 /// Formats microseconds with a readable unit.
 fn micros(us: f64) -> String {
     if us >= 1_000_000.0 {
@@ -77,14 +86,20 @@ fn ratio(row: &str, busbar: &Outcome, raw: &Outcome) -> String {
 pub(crate) fn table(plan: &Plan, size: usize, busbar: &Outcome, raw: Option<&Outcome>) -> String {
     let (senders, receivers) = plan.role_names();
     let mut out = format!(
-        "busbar bench {}: {} messages of {} bytes, {} {senders}, {} {receivers}, {} in flight each\n\n",
+        "busbar bench {}: {} messages of {} bytes, {}, {}, {} in flight each\n\n",
         plan.workload.name(),
         thousands(plan.msgs),
         size,
-        plan.publishers,
-        plan.subscribers,
+        counted(plan.publishers, senders),
+        counted(plan.subscribers, receivers),
         plan.inflight,
     );
+    if let Some(rate) = plan.rate {
+        out.insert_str(
+            out.len() - 2,
+            &format!(", paced at {} msg/s each", thousands(rate.round() as u64)),
+        );
+    }
     let mut header = vec![String::new(), busbar.label.clone()];
     if let Some(raw) = raw {
         header.push(raw.label.clone());
@@ -161,6 +176,7 @@ pub(crate) fn json(
         "publishers": plan.publishers,
         "subscribers": plan.subscribers,
         "inflight": plan.inflight,
+        "rate": plan.rate,
         "complete": busbar.is_complete(),
         "busbar": busbar,
         "raw": raw,
@@ -179,5 +195,7 @@ mod tests {
         assert_eq!(thousands(100), "100");
         assert_eq!(micros(12.34), "12.3 µs");
         assert_eq!(micros(1500.0), "1.50 ms");
+        assert_eq!(counted(1, "servers"), "1 server");
+        assert_eq!(counted(3, "callers"), "3 callers");
     }
 }

@@ -37,6 +37,13 @@ impl Factory {
         }
     }
 
+    /// The same samples, with the clock restarted now (when the timed part of a
+    /// run begins, after connections and subscriptions are set up).
+    pub(crate) fn restarted(mut self) -> Factory {
+        self.start = Instant::now();
+        self
+    }
+
     /// Nanoseconds since the run started.
     pub(crate) fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
