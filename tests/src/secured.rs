@@ -259,9 +259,10 @@ pub async fn foreign_and_unsigned_queue_items_are_not_consumed(h: Harness) {
 }
 
 /// Envelopes signed with the right key but altered below the layer (payload,
-/// header, timestamp, signature, key id), or replayed, are rejected and counted.
-/// A signed request altered below the layer gets no answer; an intact one is
-/// answered with a signed reply.
+/// header, timestamp, signature, key id), replayed, or older than the freshness
+/// window are rejected and counted. A signed request altered below the layer
+/// gets no answer; an intact one is answered with a signed reply, and the same
+/// request sent again (a replay) gets no answer.
 pub async fn tampered_envelopes_below_the_layer_are_rejected(h: Harness) {
     let keys = shared_ring();
     let subscriber = secured_bus(&h, &SecureLayer::new(keys.clone())).await;
@@ -292,6 +293,10 @@ pub async fn tampered_envelopes_below_the_layer_are_rejected(h: Harness) {
     bytes[3] = b'9';
     key_id.signature = bytes.into();
     tampered.push(key_id);
+    let mut stale = event(&topic, "stale");
+    stale.timestamp_ms -= 10 * 60 * 1000;
+    ok("sign", sign(&mut stale, &keys));
+    tampered.push(stale);
     let count = tampered.len() as u64;
 
     ok("publish", raw.publish(genuine.clone()).await);
@@ -334,14 +339,19 @@ pub async fn tampered_envelopes_below_the_layer_are_rejected(h: Harness) {
         Err(Error::Timeout) => {}
         other => panic!("a tampered request must get no answer, got {other:?}"),
     }
+    let once = request(b"7", Duration::from_secs(2));
     let reply = ok(
         "an intact call",
-        within("an intact call", raw.call(request(b"7", WAIT))).await,
+        within("an intact call", raw.call(once.clone())).await,
     );
     assert_eq!(&reply.payload[..], b"7");
     assert!(!reply.signature.is_empty(), "the reply is signed");
     assert!(busbar_core::security::verify(&reply, &keys).is_ok());
-    assert_eq!(rejected(&provider), 1);
+    match within("a replayed call", raw.call(once)).await {
+        Err(Error::Timeout) => {}
+        other => panic!("a replayed request must get no answer, got {other:?}"),
+    }
+    assert_eq!(rejected(&provider), 2);
 }
 
 /// With encryption on, the payload below the layer is not the plaintext (and

@@ -165,3 +165,20 @@ async fn rpc_over_pubsub_composes_above_the_layer() {
     );
     assert!(provider.stats().rejected >= 1);
 }
+
+#[tokio::test]
+async fn encryption_without_keys_fails_closed() {
+    use busbar_core::security::{Limits, SecureLayer};
+    let memory: std::sync::Arc<dyn busbar_core::EventBus> = std::sync::Arc::new(
+        busbar_memory::MemoryBus::connect(&format!("secured-closed-{}", std::process::id())),
+    );
+    let bus = Bus::from_transport(
+        SecureLayer::limits_only(Limits::default())
+            .encrypt(true)
+            .layer(memory),
+    );
+    match bus.publish_to("closed.events", "plaintext").await {
+        Err(Error::Malformed(reason)) => assert!(reason.contains("no keys"), "{reason}"),
+        other => panic!("expected a refusal to send plaintext, got {other:?}"),
+    }
+}
