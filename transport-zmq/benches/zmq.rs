@@ -81,8 +81,10 @@ fn main() {
         println!("RPC with 64 in flight: busbar {parallel:.0} calls/s");
         }
         if run("queue") {
-        let items = queue_items(&url, sizes.items).await;
-        println!("queue put+get (32 producers, 32 consumers): busbar {items:.0} items/s");
+        let (items, producers, consumers) = queue_items(&url, sizes.items).await;
+        println!(
+            "queue put+get ({producers} producers, {consumers} consumers): busbar {items:.0} items/s"
+        );
         }
     });
 }
@@ -285,13 +287,19 @@ async fn concurrent_rpc(url: &str, n: usize, in_flight: usize) -> f64 {
     (per_task * in_flight) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Items/s through one queue: 32 producers putting, 32 consumers getting, until
-/// every item was taken.
-async fn queue_items(url: &str, n: usize) -> f64 {
+/// Items/s through one queue: producers putting, consumers getting (32 each,
+/// or `BENCH_PRODUCERS` / `BENCH_CONSUMERS`), until every item was taken.
+async fn queue_items(url: &str, n: usize) -> (f64, usize, usize) {
     let producer = bus(url).await;
     let consumer = bus(url).await;
-    let producers = 32;
-    let consumers = 32;
+    let producers = std::env::var("BENCH_PRODUCERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let consumers = std::env::var("BENCH_CONSUMERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
     let per_producer = n / producers;
     let total = per_producer * producers;
     let started = Instant::now();
@@ -331,5 +339,9 @@ async fn queue_items(url: &str, n: usize) -> f64 {
     for task in gets {
         task.await.expect("consumer");
     }
-    total as f64 / started.elapsed().as_secs_f64()
+    (
+        total as f64 / started.elapsed().as_secs_f64(),
+        producers,
+        consumers,
+    )
 }

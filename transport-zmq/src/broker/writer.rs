@@ -15,17 +15,28 @@ pub(crate) const MAX_EVENTS_PER_MESSAGE: usize = 256;
 /// Most bytes of envelopes packed into one EVENT message.
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
+/// A send that did not complete at once, finished by the writer.
+type SendFuture = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+
 /// What the broker queues for a client.
 pub(crate) enum Out {
     /// Events, each for the listed subscriptions (a u64s frame) of this client.
     Events(Vec<(Bytes, Bytes)>),
     /// A whole message (signature and command included).
     Frames(Vec<Bytes>),
+    /// A message the broker began to send itself; the writer completes it.
+    Started(SendFuture),
 }
 
 /// The broker's handle on one client's writer.
 pub(crate) struct Outbox {
     tx: mpsc::UnboundedSender<Out>,
+    identity: Bytes,
+    socket: zeromq::RouterSendHalf,
+    /// Items handed to the writer and not completely sent yet. While it is 0
+    /// the broker sends messages itself, saving a task hop; otherwise they
+    /// queue behind the writer's, keeping the order.
+    unsent: Arc<AtomicUsize>,
     /// Events queued and not yet handed to the socket.
     pub(crate) queued: Arc<AtomicUsize>,
     /// Set when `queued` went above the high-water mark; cleared by the writer
@@ -45,35 +56,66 @@ impl Outbox {
     ) -> Outbox {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
+        let unsent = Arc::new(AtomicUsize::new(0));
         let above = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             key,
-            identity,
-            socket,
+            identity: identity.clone(),
+            socket: socket.clone(),
             queued: queued.clone(),
+            unsent: unsent.clone(),
             above: above.clone(),
             low_water,
             batches,
             internal,
         };
         tokio::spawn(writer.run(rx));
-        Outbox { tx, queued, above }
+        Outbox {
+            tx,
+            identity,
+            socket,
+            unsent,
+            queued,
+            above,
+        }
     }
 
     /// Queues events; returns the number of events now queued.
     pub(crate) fn events(&self, events: Vec<(Bytes, Bytes)>) -> usize {
         let n = events.len();
         let queued = self.queued.fetch_add(n, Ordering::Relaxed) + n;
+        self.unsent.fetch_add(1, Ordering::AcqRel);
         if self.tx.send(Out::Events(events)).is_err() {
             self.queued.fetch_sub(n, Ordering::Relaxed);
         }
         queued
     }
 
-    /// Queues a whole message.
+    /// Sends a whole message: at once when nothing is queued before it (and the
+    /// socket takes it without waiting), else through the writer.
     pub(crate) fn send(&self, frames: Vec<Bytes>) {
-        let _ = self.tx.send(Out::Frames(frames));
+        if self.unsent.load(Ordering::Acquire) != 0 {
+            self.unsent.fetch_add(1, Ordering::AcqRel);
+            let _ = self.tx.send(Out::Frames(frames));
+            return;
+        }
+        let message = to_message(&self.identity, frames);
+        let mut socket = self.socket.clone();
+        let mut sending: SendFuture = Box::pin(async move { socket.send(message).await.is_ok() });
+        use futures::FutureExt;
+        if (&mut sending).now_or_never().is_none() {
+            self.unsent.fetch_add(1, Ordering::AcqRel);
+            let _ = self.tx.send(Out::Started(sending));
+        }
     }
+}
+
+fn to_message(identity: &Bytes, frames: Vec<Bytes>) -> ZmqMessage {
+    let mut message = ZmqMessage::from(identity.clone());
+    for frame in frames {
+        message.push_back(frame);
+    }
+    message
 }
 
 struct Writer {
@@ -81,30 +123,68 @@ struct Writer {
     identity: Bytes,
     socket: zeromq::RouterSendHalf,
     queued: Arc<AtomicUsize>,
+    unsent: Arc<AtomicUsize>,
     above: Arc<AtomicBool>,
     low_water: usize,
     batches: bool,
     internal: mpsc::UnboundedSender<Internal>,
 }
 
+/// Events waiting in the writer, with how many of each `Out::Events` remain.
+#[derive(Default)]
+struct EventQueue {
+    pairs: VecDeque<(Bytes, Bytes)>,
+    items: VecDeque<usize>,
+}
+
+impl EventQueue {
+    fn push(&mut self, events: Vec<(Bytes, Bytes)>) {
+        if events.is_empty() {
+            self.items.push_back(0);
+        } else {
+            self.items.push_back(events.len());
+            self.pairs.extend(events);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// After `n` pairs were sent: how many whole `Out::Events` items are done.
+    fn sent(&mut self, mut n: usize) -> usize {
+        let mut done = 0;
+        while let Some(front) = self.items.front_mut() {
+            if *front > n {
+                *front -= n;
+                break;
+            }
+            n -= *front;
+            self.items.pop_front();
+            done += 1;
+        }
+        done
+    }
+}
+
 impl Writer {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Out>) {
-        let mut events: VecDeque<(Bytes, Bytes)> = VecDeque::new();
-        let mut held: Option<Vec<Bytes>> = None;
+        let mut events = EventQueue::default();
+        let mut held: Option<Out> = None;
         loop {
             if events.is_empty() && held.is_none() {
                 match rx.recv().await {
                     None => return,
-                    Some(Out::Events(more)) => events.extend(more),
-                    Some(Out::Frames(frames)) => held = Some(frames),
+                    Some(Out::Events(more)) => events.push(more),
+                    Some(other) => held = Some(other),
                 }
             }
             // Take what is already there, keeping the order: nothing after a
             // held message may overtake it.
-            while held.is_none() && events.len() < MAX_EVENTS_PER_MESSAGE {
+            while held.is_none() && events.pairs.len() < MAX_EVENTS_PER_MESSAGE {
                 match rx.try_recv() {
-                    Ok(Out::Events(more)) => events.extend(more),
-                    Ok(Out::Frames(frames)) => held = Some(frames),
+                    Ok(Out::Events(more)) => events.push(more),
+                    Ok(other) => held = Some(other),
                     Err(_) => break,
                 }
             }
@@ -113,7 +193,7 @@ impl Writer {
                 let mut bytes = 0;
                 let mut n = 0;
                 while n < MAX_EVENTS_PER_MESSAGE && bytes < MAX_BATCH_BYTES {
-                    let Some((subs, envelope)) = events.pop_front() else {
+                    let Some((subs, envelope)) = events.pairs.pop_front() else {
                         break;
                     };
                     bytes += envelope.len();
@@ -121,57 +201,72 @@ impl Writer {
                     frames.push(envelope);
                     n += 1;
                 }
-                let result = self.send(frames).await;
+                let ok = n == 0 || self.send(frames).await;
                 let left = self.queued.fetch_sub(n, Ordering::Relaxed) - n;
                 if left <= self.low_water && self.above.swap(false, Ordering::AcqRel) {
                     let _ = self.internal.send(Internal::Drained(self.key));
                 }
-                if result.is_err() {
+                let done = events.sent(n);
+                self.unsent.fetch_sub(done, Ordering::AcqRel);
+                if !ok {
                     return self.drain(rx).await;
                 }
                 continue;
             }
-            let Some(frames) = held.take() else {
-                continue;
-            };
-            let frames = if self.batches {
-                let mut messages = vec![frames];
-                while messages.len() < protocol::MAX_BATCH_COMMANDS {
-                    match rx.try_recv() {
-                        Ok(Out::Frames(frames)) => messages.push(frames),
-                        Ok(Out::Events(more)) => {
-                            events.extend(more);
-                            break;
+            let ok = match held.take() {
+                None => continue,
+                Some(Out::Started(sending)) => sending.await,
+                Some(Out::Events(more)) => {
+                    events.push(more);
+                    continue;
+                }
+                Some(Out::Frames(frames)) if !self.batches => self.send(frames).await,
+                Some(Out::Frames(frames)) => {
+                    let mut messages = vec![frames];
+                    while messages.len() < protocol::MAX_BATCH_COMMANDS {
+                        match rx.try_recv() {
+                            Ok(Out::Frames(frames)) => messages.push(frames),
+                            Ok(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
                         }
-                        Err(_) => break,
                     }
+                    let count = messages.len();
+                    let frames = if count == 1 {
+                        messages.pop().unwrap_or_default()
+                    } else {
+                        protocol::batch(cmd::BROKER_BATCH, messages)
+                    };
+                    let ok = self.send(frames).await;
+                    // The first one is counted below, with the single-item cases.
+                    self.unsent.fetch_sub(count - 1, Ordering::AcqRel);
+                    ok
                 }
-                if messages.len() == 1 {
-                    messages.pop().unwrap_or_default()
-                } else {
-                    protocol::batch(cmd::BROKER_BATCH, messages)
-                }
-            } else {
-                frames
             };
-            if self.send(frames).await.is_err() {
+            self.unsent.fetch_sub(1, Ordering::AcqRel);
+            if !ok {
                 return self.drain(rx).await;
             }
         }
     }
 
-    async fn send(&mut self, frames: Vec<Bytes>) -> Result<(), ()> {
-        let mut message = ZmqMessage::from(self.identity.clone());
-        for frame in frames {
-            message.push_back(frame);
+    async fn send(&mut self, frames: Vec<Bytes>) -> bool {
+        let message = to_message(&self.identity, frames);
+        match self.socket.send(message).await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::debug!(client = self.key, %err, "broker could not send to a client; it is going away");
+                false
+            }
         }
-        self.socket.send(message).await.map_err(|err| {
-            tracing::debug!(client = self.key, %err, "broker could not send to a client; it is going away");
-        })
     }
 
     /// The client is going away: keep the counters right until the broker drops it.
     async fn drain(self, mut rx: mpsc::UnboundedReceiver<Out>) {
+        // From now on every message goes through here and is dropped.
+        self.unsent.fetch_add(1, Ordering::AcqRel);
         while let Some(out) = rx.recv().await {
             if let Out::Events(events) = out {
                 self.queued.fetch_sub(events.len(), Ordering::Relaxed);
