@@ -30,6 +30,16 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     persistent: bool,
+    tls: Option<Tls>,
+}
+
+/// The TLS side of a server started with [`RedisServer::start_tls`].
+#[derive(Debug, Clone)]
+struct Tls {
+    port: u16,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 impl RedisServer {
@@ -55,18 +65,48 @@ impl RedisServer {
         SHARED.get_or_init(RedisServer::start)
     }
 
+    /// Like [`start`](Self::start), also serving TLS on a second port with a
+    /// certificate for `127.0.0.1` signed by a fresh test CA (made with the
+    /// `openssl` command). Connect with [`tls_url`](Self::tls_url).
+    pub fn start_tls() -> RedisServer {
+        Self::start_with_tls(false, true)
+    }
+
+    /// `rediss://127.0.0.1:<tls port>?tls_ca=<the test CA>` for a server from
+    /// [`start_tls`](Self::start_tls).
+    ///
+    /// # Panics
+    /// When the server does not serve TLS.
+    pub fn tls_url(&self) -> String {
+        let tls = self
+            .tls
+            .as_ref()
+            .expect("start the server with start_tls()");
+        format!(
+            "rediss://127.0.0.1:{}?tls_ca={}",
+            tls.port,
+            tls.ca.display()
+        )
+    }
+
     fn start_with(persistent: bool) -> RedisServer {
+        Self::start_with_tls(persistent, false)
+    }
+
+    fn start_with_tls(persistent: bool, with_tls: bool) -> RedisServer {
         let dir = fresh_dir();
         let mut last_error = String::new();
         for _attempt in 0..20 {
             let port = free_port();
-            match spawn(port, &dir, persistent) {
+            let tls = with_tls.then(|| make_certificates(&dir, free_port()));
+            match spawn(port, &dir, persistent, tls.as_ref()) {
                 Ok(child) => {
                     let mut server = RedisServer {
                         child: Some(child),
                         port,
                         dir: dir.clone(),
                         persistent,
+                        tls,
                     };
                     match server.wait_ready() {
                         Ok(()) => return server,
@@ -123,9 +163,10 @@ impl RedisServer {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             // The port can stay busy for a moment after the kill: retry until free.
-            let child = spawn(self.port, &self.dir, self.persistent).unwrap_or_else(|err| {
-                panic!("cannot restart redis-server: {err}");
-            });
+            let child = spawn(self.port, &self.dir, self.persistent, self.tls.as_ref())
+                .unwrap_or_else(|err| {
+                    panic!("cannot restart redis-server: {err}");
+                });
             self.child = Some(child);
             match self.wait_ready() {
                 Ok(()) => return,
@@ -199,7 +240,7 @@ fn binary() -> String {
 /// Starts redis-server under a small `sh` guard that kills it as soon as our end
 /// of the guard's stdin closes, so a server never outlives the test process (even
 /// one held in a `static`, which is never dropped).
-fn spawn(port: u16, dir: &Path, persistent: bool) -> std::io::Result<Child> {
+fn spawn(port: u16, dir: &Path, persistent: bool, tls: Option<&Tls>) -> std::io::Result<Child> {
     match Command::new(binary()).arg("--version").output() {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(err),
         _ => {}
@@ -230,7 +271,92 @@ fn spawn(port: u16, dir: &Path, persistent: bool) -> std::io::Result<Child> {
         // Inserted before the guard's own arguments end: options are order-free.
         cmd.arg("--appendfsync").arg("always");
     }
+    if let Some(tls) = tls {
+        cmd.arg("--tls-port")
+            .arg(tls.port.to_string())
+            .arg("--tls-cert-file")
+            .arg(&tls.cert)
+            .arg("--tls-key-file")
+            .arg(&tls.key)
+            .arg("--tls-ca-cert-file")
+            .arg(&tls.ca)
+            .arg("--tls-auth-clients")
+            .arg("no");
+    }
     cmd.spawn()
+}
+
+/// A test CA and a server certificate for 127.0.0.1 (P-256 keys), in `dir`.
+fn make_certificates(dir: &Path, port: u16) -> Tls {
+    let tls = Tls {
+        port,
+        ca: dir.join("ca.crt"),
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    };
+    if tls.cert.exists() {
+        return tls;
+    }
+    let ca_key = dir.join("ca.key");
+    let csr = dir.join("server.csr");
+    let ext = dir.join("san.ext");
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").expect("write the certificate extension");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let steps: [Vec<&std::ffi::OsStr>; 3] = [
+        [
+            &["req", "-x509"][..],
+            &ec[..],
+            &["-days", "2", "-subj", "/CN=busbar test CA", "-keyout"],
+        ]
+        .concat()
+        .iter()
+        .map(|s| std::ffi::OsStr::new(*s))
+        .chain([ca_key.as_os_str(), "-out".as_ref(), tls.ca.as_os_str()])
+        .collect(),
+        [
+            &["req"][..],
+            &ec[..],
+            &["-subj", "/CN=127.0.0.1", "-keyout"],
+        ]
+        .concat()
+        .iter()
+        .map(|s| std::ffi::OsStr::new(*s))
+        .chain([tls.key.as_os_str(), "-out".as_ref(), csr.as_os_str()])
+        .collect(),
+        ["x509", "-req", "-days", "2", "-in"]
+            .iter()
+            .map(|s| std::ffi::OsStr::new(*s))
+            .chain([
+                csr.as_os_str(),
+                "-CA".as_ref(),
+                tls.ca.as_os_str(),
+                "-CAkey".as_ref(),
+                ca_key.as_os_str(),
+                "-CAcreateserial".as_ref(),
+                "-extfile".as_ref(),
+                ext.as_os_str(),
+                "-out".as_ref(),
+                tls.cert.as_os_str(),
+            ])
+            .collect(),
+    ];
+    for args in steps {
+        let output = Command::new("openssl").args(&args).output().unwrap_or_else(|err| {
+            panic!("cannot run openssl ({err}): install it (Debian/Ubuntu: `apt-get install openssl`)")
+        });
+        assert!(
+            output.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    tls
 }
 
 /// A port that was free a moment ago (redis refuses `--port 0`).
@@ -295,6 +421,15 @@ mod tests {
         let port = server.port();
         server.kill();
         assert!(command(port, &["PING"]).is_err());
+    }
+
+    #[test]
+    fn tls_server_answers_on_both_ports() {
+        let server = RedisServer::start_tls();
+        assert!(server.command(&["PING"]).unwrap().starts_with("+PONG"));
+        let url = server.tls_url();
+        assert!(url.starts_with("rediss://127.0.0.1:"), "{url}");
+        assert!(url.contains("tls_ca="), "{url}");
     }
 
     #[test]

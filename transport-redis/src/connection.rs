@@ -68,8 +68,38 @@ pub(crate) struct Opener {
 
 impl Opener {
     pub(crate) fn new(config: Arc<Config>) -> busbar_core::Result<Self> {
-        let client = Client::open(config.connection_info()?).map_err(transport_error)?;
-        Ok(Opener { client, config })
+        let info = config.connection_info()?;
+        let client = if config.is_tls() {
+            // One process-wide provider; an error means one is installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let read = |path: &std::path::Path| {
+                std::fs::read(path).map_err(|err| Error::InvalidUrl {
+                    url: busbar_core::redact_url(config.redis_url()),
+                    reason: format!("cannot read {}: {err}", path.display()),
+                })
+            };
+            let root_cert = config.tls_ca.as_deref().map(read).transpose()?;
+            let client_tls = match &config.tls_client {
+                Some((cert, key)) => Some(redis::ClientTlsConfig {
+                    client_cert: read(cert)?,
+                    client_key: read(key)?,
+                }),
+                None => None,
+            };
+            Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls,
+                    root_cert,
+                },
+            )
+        } else {
+            Client::open(info)
+        };
+        Ok(Opener {
+            client: client.map_err(transport_error)?,
+            config,
+        })
     }
 
     pub(crate) fn config(&self) -> &Config {

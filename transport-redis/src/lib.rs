@@ -30,6 +30,8 @@
 //! | `publish_buffer` | `65536` | publishes buffered while disconnected |
 //! | `outage_wait_ms` | `10000` | how long an operation waits for a reconnect |
 //! | `reap_interval_ms` | `100` | how often waiting consumers look for expired items |
+//! | `tls_ca` | system roots | `rediss://`: PEM file of the CA to trust |
+//! | `tls_cert`, `tls_key` | none | `rediss://`: client certificate and key (PEM files) |
 //!
 //! The connection always speaks RESP3 with `TCP_NODELAY`.
 #![deny(missing_docs)]
@@ -83,6 +85,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Largest envelope accepted from the wire, in bytes.
     pub max_envelope: usize,
+    /// For `rediss://`: the PEM file of the CA that signed the server's
+    /// certificate (URL parameter `tls_ca`); without it the system's roots are used.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// For `rediss://` with client certificates: PEM certificate and key files
+    /// (URL parameters `tls_cert` and `tls_key`).
+    pub tls_client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Config {
@@ -114,7 +122,11 @@ impl Config {
             handler_concurrency: 256,
             shutdown_grace: Duration::from_secs(5),
             max_envelope: busbar_core::wire::DEFAULT_MAX_ENVELOPE,
+            tls_ca: None,
+            tls_client: None,
         };
+        let mut tls_cert = None;
+        let mut tls_key = None;
         let (base, query) = match rest.split_once('?') {
             Some((base, query)) => (base, query),
             None => (rest, ""),
@@ -144,8 +156,21 @@ impl Config {
                     config.reap_interval = Duration::from_millis(number()?.max(1))
                 }
                 "protocol" => {} // always RESP3
+                "tls_ca" => config.tls_ca = Some(decode_path(value)),
+                "tls_cert" => tls_cert = Some(decode_path(value)),
+                "tls_key" => tls_key = Some(decode_path(value)),
                 _ => passed.push(pair),
             }
+        }
+        config.tls_client = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(invalid("tls_cert and tls_key go together".into())),
+        };
+        if scheme != "rediss" && (config.tls_ca.is_some() || config.tls_client.is_some()) {
+            return Err(invalid(
+                "tls_ca, tls_cert and tls_key need rediss://".into(),
+            ));
         }
         config.url = if passed.is_empty() {
             format!("{scheme}://{base}")
@@ -154,6 +179,11 @@ impl Config {
         };
         config.connection_info()?;
         Ok(config)
+    }
+
+    /// True for `rediss://` (TLS).
+    pub fn is_tls(&self) -> bool {
+        self.url.starts_with("rediss://")
     }
 
     /// The URL given to the Redis client, without busbar's own parameters.
@@ -179,6 +209,31 @@ impl Config {
             .set_redis_settings(settings)
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
     }
+}
+
+/// A path from a URL parameter (`%2F` and friends decoded).
+fn decode_path(value: &str) -> std::path::PathBuf {
+    let mut out = Vec::with_capacity(value.len());
+    let bytes = value.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::path::PathBuf::from(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// What every part of the bus shares.
