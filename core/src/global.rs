@@ -9,9 +9,12 @@ use std::sync::RwLock;
 
 static GLOBAL: RwLock<Option<Bus>> = RwLock::new(None);
 
-/// Connects the global bus to `url`, replacing (without shutting down) any earlier one.
+/// Connects the global bus to `url` and starts every handler registered with
+/// `#[subscriber]` and `#[remote]` on it (as [`Bus::start_registered`] does); they
+/// run until [`shutdown`]. Replaces, without shutting down, any earlier global bus.
 pub async fn init(url: &str) -> Result<Bus> {
     let bus = Bus::connect(url).await?;
+    bus.start_registered().await?.detach();
     *GLOBAL.write().unwrap_or_else(|p| p.into_inner()) = Some(bus.clone());
     Ok(bus)
 }

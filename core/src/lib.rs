@@ -39,6 +39,7 @@ pub use codec::ContentType;
 pub use envelope::{now_millis, Envelope, Kind, MessageId};
 pub use error::{BoxError, Error, Fault, Result};
 pub use event::{Event, FromEnvelope, Message};
+pub use global::{init, publish, shutdown};
 pub use name::{Name, Pattern, MAX_NAME_LEN};
 pub use queue::{Delivery, Queue, DEFAULT_VISIBILITY};
 pub use registry::redact_url;
