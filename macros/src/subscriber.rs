@@ -79,9 +79,14 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         let extra = extra_of(arg)?;
         let same_kind = |e: &Extra| (*e == Extra::MessageRef) == (extra == Extra::MessageRef);
         if extras.iter().any(same_kind) {
+            let what = if extra == Extra::MessageRef {
+                "`&Message`"
+            } else {
+                "the bus (`&Bus` or `Bus`)"
+            };
             return Err(error_at(
                 &arg.ty,
-                "this context parameter is already given once",
+                format!("a #[subscriber] takes {what} at most once: remove this parameter"),
             ));
         }
         extras.push(extra);
