@@ -531,7 +531,9 @@ pub async fn unsigned_replies_are_refused(h: Harness) {
     let caller = secured_bus(&h, &SecureLayer::new(shared_ring())).await;
     let stub = ok("stub", caller.stub::<u32, u32>(&method));
     match within("a call answered unsigned", stub.call(&1)).await {
-        Err(Error::Malformed(reason)) => assert!(reason.contains("rejected"), "{reason}"),
+        Err(Error::Malformed(reason)) => {
+            assert!(reason.contains("rejected: unsigned"), "{reason}")
+        }
         other => panic!("expected the unsigned reply to be refused, got {other:?}"),
     }
     assert_eq!(rejected(&caller), 1);

@@ -299,8 +299,13 @@ impl Shared {
                 "the reply was rejected: it answers another request".into(),
             ));
         }
-        self.admit(reply, "reply", true, None)
-            .ok_or_else(|| Error::Malformed("the reply was rejected by the security layer".into()))
+        match self.incoming(reply, true, None) {
+            Verdict::Accept(reply) => Ok(reply),
+            Verdict::Refuse(why, original) => {
+                self.reject(&original, why, "reply");
+                Err(Error::Malformed(format!("the reply was rejected: {why}")))
+            }
+        }
     }
 }
 
