@@ -1,9 +1,9 @@
 //! Failures of a command and their exit codes.
 //!
-//! Each [`busbar_core::Error`] kind has its own exit code, so scripts can tell a
+//! Each [`busbar::Error`] kind has its own exit code, so scripts can tell a
 //! missing provider from a timeout or a failing handler.
 
-use busbar_core::Error;
+use busbar::Error;
 use std::process::ExitCode;
 
 /// Exit code of a failure that has no code of its own (I/O, a child process).

@@ -12,9 +12,9 @@ mod input;
 mod output;
 
 // Link every transport so `Bus::connect` finds its URL scheme.
-use busbar_memory as _;
-use busbar_redis as _;
-use busbar_zmq as _;
+use busbar::memory as _;
+use busbar::redis as _;
+use busbar::zmq as _;
 
 use clap::Parser;
 use std::process::ExitCode;

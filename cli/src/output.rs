@@ -1,6 +1,6 @@
 //! What commands print: JSON lines on stdout, status lines on stderr.
 
-use busbar_core::{Message, StatsSnapshot};
+use busbar::{Message, StatsSnapshot};
 use serde_json::{json, Map, Value};
 use std::io::Write;
 

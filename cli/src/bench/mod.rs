@@ -5,8 +5,8 @@
 //! recorded in an HDR histogram. `--raw` runs the same loop on the library the
 //! transport is built on, to show busbar's overhead.
 
-mod busbar;
 mod harness;
+mod on_busbar;
 mod plot;
 mod raw;
 mod raw_memory;
@@ -144,13 +144,13 @@ pub(crate) async fn run(args: BenchArgs) -> CmdResult {
         run_id: format!(
             "{}x{}",
             std::process::id(),
-            busbar_core::now_millis() % 1_000_000_000
+            busbar::now_millis() % 1_000_000_000
         ),
         progress: !args.json && std::io::stdout().is_terminal(),
     };
     let factory = sample::Factory::new(args.size);
     let size = factory.encoded_size();
-    let busbar = busbar::run(&plan, &args.url, factory).await?;
+    let busbar = on_busbar::run(&plan, &args.url, factory).await?;
     let raw = if args.raw {
         Some(raw::run(&plan, &args.url, sample::Factory::new(args.size)).await?)
     } else {
@@ -166,7 +166,7 @@ pub(crate) async fn run(args: BenchArgs) -> CmdResult {
         let title = format!(
             "busbar bench {} on {}",
             plan.workload.name(),
-            busbar_core::redact_url(&args.url)
+            busbar::redact_url(&args.url)
         );
         plot::draw(path, &title, &outcomes).map_err(Failure::Other)?;
         if !args.json {

@@ -5,7 +5,7 @@ use super::harness::{self, Caller, Consumer, EventSink, EventSource, Next, Outco
 use super::sample::{Factory, Sample};
 use super::Plan;
 use crate::exit::{CmdResult, Context};
-use busbar_core::{Bus, Error, Fault, Pattern, Queue, Stub, SubscribeOptions, Subscription};
+use busbar::{Bus, Error, Fault, Pattern, Queue, Stub, SubscribeOptions, Subscription};
 use futures::StreamExt;
 use std::time::Duration;
 
@@ -67,7 +67,7 @@ async fn buses(url: &str, n: usize) -> CmdResult<Vec<Bus>> {
         buses.push(
             Bus::connect(url)
                 .await
-                .context(|| format!("cannot connect to {}", busbar_core::redact_url(url)))?,
+                .context(|| format!("cannot connect to {}", busbar::redact_url(url)))?,
         );
     }
     Ok(buses)
@@ -81,7 +81,7 @@ async fn shutdown(buses: impl IntoIterator<Item = Bus>) {
 
 /// Runs `plan` on the bus at `url`.
 pub(crate) async fn run(plan: &Plan, url: &str, factory: Factory) -> CmdResult<Outcome> {
-    let label = format!("busbar {}", busbar_core::redact_url(url));
+    let label = format!("busbar {}", busbar::redact_url(url));
     let senders = buses(url, plan.publishers).await?;
     let receivers = buses(url, plan.subscribers).await?;
     let outcome = match plan.workload {

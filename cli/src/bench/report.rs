@@ -170,7 +170,7 @@ pub(crate) fn json(
     });
     json!({
         "workload": plan.workload.name(),
-        "url": busbar_core::redact_url(url),
+        "url": busbar::redact_url(url),
         "msgs": plan.msgs,
         "size": size,
         "publishers": plan.publishers,

@@ -4,7 +4,7 @@ use super::interrupted;
 use crate::cli::BrokerArgs;
 use crate::exit::{CmdResult, Context};
 use crate::output::{print_line, status};
-use busbar_zmq::{Broker, BrokerConfig};
+use busbar::zmq::{Broker, BrokerConfig};
 use serde_json::json;
 
 /// Binds the broker, prints its URL, and runs until interrupted.

@@ -8,7 +8,7 @@ mod rpc;
 use crate::cli::{Command, Connect, QueueOp};
 use crate::exit::{CmdResult, Context};
 use crate::output::{stats_json, status};
-use busbar_core::{redact_url, Bus};
+use busbar::{redact_url, Bus};
 
 /// Runs one command to completion.
 pub(crate) async fn run(command: Command) -> CmdResult {

@@ -5,14 +5,14 @@ use crate::cli::{PubArgs, SubArgs};
 use crate::exit::{CmdResult, Context};
 use crate::input::Values;
 use crate::output::{message_json, print_json, status};
-use busbar_core::{redact_url, Error, Pattern, SubscribeOptions};
+use busbar::{redact_url, Error, Pattern, SubscribeOptions};
 use futures::StreamExt;
 
 /// Publishes the argument (or stdin's lines) on the topic.
 pub(crate) async fn publish(args: PubArgs) -> CmdResult {
     // Check the input before connecting, so a typo costs no connection.
     let mut values = Values::new(args.json.as_deref(), args.count)?;
-    busbar_core::Name::new(&args.topic)?;
+    busbar::Name::new(&args.topic)?;
     let bus = connect(&args.connect).await?;
     let mut published = 0u64;
     let outcome = async {
@@ -38,7 +38,7 @@ pub(crate) async fn subscribe(args: SubArgs) -> CmdResult {
         capacity: args.buffer.max(1),
     };
     let mut subscription = bus
-        .subscribe_with::<busbar_core::Message>(pattern, options)
+        .subscribe_with::<busbar::Message>(pattern, options)
         .await
         .context(|| format!("cannot subscribe to {}", args.pattern))?;
     // The subscription is live end to end: say so, for scripts and tests.

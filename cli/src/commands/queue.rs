@@ -5,7 +5,7 @@ use crate::cli::{QueueGetArgs, QueueLenArgs, QueuePutArgs};
 use crate::exit::{CmdResult, Context, Failure};
 use crate::input::Values;
 use crate::output::{print_json, print_line, status};
-use busbar_core::{Error, Name};
+use busbar::{Error, Name};
 use serde_json::Value;
 
 /// Appends the argument (or stdin's lines) to the queue.
@@ -77,10 +77,7 @@ pub(crate) async fn get(args: QueueGetArgs) -> CmdResult {
 }
 
 /// One `receive`: print, then ack or nack. False when nothing came.
-async fn take_acknowledged(
-    queue: &busbar_core::Queue<Value>,
-    args: &QueueGetArgs,
-) -> CmdResult<bool> {
+async fn take_acknowledged(queue: &busbar::Queue<Value>, args: &QueueGetArgs) -> CmdResult<bool> {
     let delivery = queue
         .receive(args.timeout)
         .await

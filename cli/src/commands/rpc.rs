@@ -5,7 +5,7 @@ use crate::cli::{CallArgs, ServeArgs};
 use crate::exit::{CmdResult, Context, Failure};
 use crate::input::parse_json;
 use crate::output::{print_json, status};
-use busbar_core::{redact_url, Fault, Name};
+use busbar::{redact_url, Fault, Name};
 use serde_json::{json, Value};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -38,11 +38,7 @@ pub(crate) async fn call(args: CallArgs) -> CmdResult {
     outcome.and(finished)
 }
 
-async fn call_all(
-    stub: &busbar_core::Stub<Value, Value>,
-    request: &Value,
-    method: &str,
-) -> CmdResult {
+async fn call_all(stub: &busbar::Stub<Value, Value>, request: &Value, method: &str) -> CmdResult {
     let replies = stub
         .call_all(request)
         .await
