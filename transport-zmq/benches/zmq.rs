@@ -58,35 +58,80 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async move {
         println!("busbar zmq benchmark (100-byte payloads, loopback)");
+        println!("(CPU = this process's user+system time per operation, broker included)");
         if run("events") {
-        let events = events_through_broker(&url, sizes.events).await;
-        let raw_events = raw_pub_sub(sizes.events).await;
-        println!(
-            "events: busbar {:.0}/s (lost unreported: 0) | raw PUB->SUB {:.0}/s received ({} of {} lost) | ratio {:.2}",
-            events,
-            raw_events.0,
-            raw_events.1,
-            sizes.events,
-            events / raw_events.0
-        );
+            events_part(&url, sizes.events).await;
         }
         if run("rpc") {
-        let rpc = sequential_rpc(&url, sizes.calls).await;
-        let raw_rpc = raw_req_rep(sizes.calls).await;
-        println!(
-            "sequential RPC: busbar {rpc:.0} calls/s | raw REQ/REP {raw_rpc:.0}/s | ratio {:.2}",
-            rpc / raw_rpc
-        );
-        let parallel = concurrent_rpc(&url, sizes.concurrent_calls, 64).await;
-        println!("RPC with 64 in flight: busbar {parallel:.0} calls/s");
+            rpc_part(&url, sizes.calls, sizes.concurrent_calls).await;
         }
         if run("queue") {
-        let (items, producers, consumers) = queue_items(&url, sizes.items).await;
-        println!(
-            "queue put+get ({producers} producers, {consumers} consumers): busbar {items:.0} items/s"
-        );
+            let cpu = Cpu::start();
+            let (items, producers, consumers) = queue_items(&url, sizes.items).await;
+            println!(
+                "queue put+get ({producers} producers, {consumers} consumers): busbar {items:.0} items/s, CPU {:.1} us/item",
+                cpu.per_op(sizes.items)
+            );
         }
     });
+}
+
+async fn events_part(url: &str, n: usize) {
+    let cpu = Cpu::start();
+    let events = events_through_broker(url, n).await;
+    let cpu_per_event = cpu.per_op(n);
+    let cpu = Cpu::start();
+    let (raw, lost) = raw_pub_sub(n).await;
+    println!(
+        "events: busbar {events:.0}/s, none lost unreported, CPU {cpu_per_event:.2} us/event | raw PUB->SUB {raw:.0}/s received, {lost} of {n} lost silently, CPU {:.2} us/event | ratio {:.2}",
+        cpu.per_op(n),
+        events / raw
+    );
+}
+
+async fn rpc_part(url: &str, calls: usize, concurrent_calls: usize) {
+    let cpu = Cpu::start();
+    let rpc = sequential_rpc(url, calls).await;
+    let cpu_rpc = cpu.per_op(calls);
+    let cpu = Cpu::start();
+    let raw = raw_req_rep(calls).await;
+    println!(
+        "sequential RPC: busbar {rpc:.0} calls/s, CPU {cpu_rpc:.1} us/call | raw REQ/REP {raw:.0}/s, CPU {:.1} us/call | ratio {:.2}",
+        cpu.per_op(calls),
+        rpc / raw
+    );
+    let cpu = Cpu::start();
+    let parallel = concurrent_rpc(url, concurrent_calls, 64).await;
+    println!(
+        "RPC with 64 in flight: busbar {parallel:.0} calls/s, CPU {:.1} us/call",
+        cpu.per_op(concurrent_calls)
+    );
+}
+
+/// CPU time used by this process (Linux `/proc/self/stat`), to show cost per
+/// operation independently of how busy the machine is.
+struct Cpu(Option<f64>);
+
+impl Cpu {
+    fn now() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let user: f64 = fields.get(11)?.parse().ok()?;
+        let system: f64 = fields.get(12)?.parse().ok()?;
+        Some((user + system) / 100.0)
+    }
+
+    fn start() -> Cpu {
+        Cpu(Cpu::now())
+    }
+
+    /// Microseconds of CPU per operation since `start` (NaN where unknown).
+    fn per_op(&self, ops: usize) -> f64 {
+        match (self.0, Cpu::now()) {
+            (Some(start), Some(end)) => (end - start) * 1e6 / ops as f64,
+            _ => f64::NAN,
+        }
+    }
 }
 
 fn start_broker() -> (String, std::thread::JoinHandle<()>) {

@@ -559,3 +559,44 @@ async fn a_returned_item_goes_back_to_the_head() {
     assert_eq!(queue.get(WAIT).await.unwrap(), Some(1));
     assert_eq!(queue.get(WAIT).await.unwrap(), Some(2));
 }
+
+/// Flow control: with a high-water mark of 0 every publish batch waits for its
+/// subscriber's writer to drain before it is acknowledged. Everything still
+/// arrives, in order, and the broker counts the batches it held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_back_publish_batches_lose_nothing() {
+    const N: u32 = 5_000;
+    let config = BrokerConfig {
+        high_water: 0,
+        ..fast()
+    };
+    let broker = Broker::bind_with("tcp://127.0.0.1:0", config)
+        .await
+        .unwrap();
+    let publisher = bus(&broker.url()).await;
+    let subscriber = bus(&broker.url()).await;
+    let mut sub = subscriber
+        .subscribe_with::<u32>(
+            busbar_core::Pattern::new("held.events").unwrap(),
+            busbar_core::SubscribeOptions {
+                capacity: N as usize,
+            },
+        )
+        .await
+        .unwrap();
+    let publishing = tokio::spawn(async move {
+        for n in 0..N {
+            publisher.publish_to("held.events", &n).await.unwrap();
+        }
+        publisher
+    });
+    for n in 0..N {
+        assert_eq!(
+            within("the next event", sub.next()).await.unwrap().unwrap(),
+            n
+        );
+    }
+    drop(within("the publisher", publishing).await.unwrap());
+    assert!(broker.stats().held_batches > 0, "{:?}", broker.stats());
+    assert_eq!(subscriber.stats().lagged, 0);
+}
