@@ -219,3 +219,31 @@ fn limits_name_what_is_too_large() {
     e.headers = vec![("a".into(), "b".into()); 3];
     assert!(matches!(limits.check(&e), Err(crate::Error::Malformed(_))));
 }
+
+/// A test vector computed independently (Python's `hmac`/`hashlib`, following
+/// `docs/security.md` and `docs/wire.md`), pinning the signature format for
+/// implementations in other languages.
+#[test]
+fn signature_matches_the_published_test_vector() {
+    const SIGNATURE: &str =
+        "01026b311f969e52084291b04d7d87351536c11f16036bbdb407298212c569e0d94e3607";
+    const WIRE: &str = "bb0101000102030405060708090a0b0c0d0e0f100000018bcfe56800000e6f72646572732e63726561746564106170706c69636174696f6e2f6a736f6e0001000574726163650003742d31000000097b226964223a34327d002401026b311f969e52084291b04d7d87351536c11f16036bbdb407298212c569e0d94e3607";
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut e = Envelope::new(
+        Kind::Event,
+        Name::new("orders.created").unwrap(),
+        ContentType::JSON,
+        Bytes::from_static(br#"{"id":42}"#),
+    );
+    e.id = MessageId(u128::from_be_bytes(std::array::from_fn(|i| i as u8 + 1)));
+    e.timestamp_ms = 1_700_000_000_000;
+    e.headers.push(("trace".into(), "t-1".into()));
+    sign(&mut e, &keys()).unwrap();
+    assert_eq!(hex(&e.signature), SIGNATURE);
+    let bytes = wire::encode(&e).unwrap();
+    assert_eq!(hex(&bytes), WIRE);
+    assert_eq!(
+        verify_wire(&bytes, &keys(), wire::DEFAULT_MAX_ENVELOPE).unwrap(),
+        e
+    );
+}
