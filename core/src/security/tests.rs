@@ -247,3 +247,28 @@ fn signature_matches_the_published_test_vector() {
         e
     );
 }
+
+/// A sealed payload made independently (Python's `cryptography` ChaCha20Poly1305
+/// with the subkey, nonce and associated data of `docs/security.md`): salt
+/// `a0..af`, counter 7, plaintext `{"id":42}`, for the event of the signature
+/// test vector.
+#[test]
+fn open_reads_the_published_seal_test_vector() {
+    const SEALED: &str = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf0000000000000007950fa0bed88d1173e74acd3f0ee0dda9450c105292fbe96782";
+    let payload: Vec<u8> = (0..SEALED.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&SEALED[i..i + 2], 16).unwrap())
+        .collect();
+    let mut e = Envelope::new(
+        Kind::Event,
+        Name::new("orders.created").unwrap(),
+        ContentType::JSON,
+        Bytes::from(payload),
+    );
+    e.id = MessageId(u128::from_be_bytes(std::array::from_fn(|i| i as u8 + 1)));
+    e.headers
+        .push((seal::SEAL_HEADER.into(), seal::CHACHA20_POLY1305_S1.into()));
+    seal::open(&mut e, keys().signing()).unwrap();
+    assert_eq!(&e.payload[..], br#"{"id":42}"#);
+    assert!(e.headers.is_empty());
+}
