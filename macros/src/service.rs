@@ -260,6 +260,13 @@ fn exposed(function: &mut ImplItemFn) -> syn::Result<Option<Method>> {
              mutable state behind a Mutex or atomics (or make this method private to keep it local)",
         ));
     }
+    if ["new", "with_prefix", "timeout"].contains(&sig.ident.unraw().to_string().as_str()) {
+        return Err(error_at(
+            &sig.ident,
+            "the generated client has its own `new`, `with_prefix` and `timeout`: rename this \
+             method, or make it private to keep it local",
+        ));
+    }
     signature::check_plain(sig, "service")?;
     let args = signature::typed_args(sig);
     signature::check_remote_args(&args)?;
