@@ -22,6 +22,23 @@ fn broker_prints_its_url_and_stats_and_stops_on_interrupt() {
 }
 
 #[test]
+fn logs_follow_rust_log_and_are_off_by_default() {
+    let quiet = BrokerProcess::start();
+    let (_, stderr) = quiet.process.interrupt();
+    assert!(
+        stderr.iter().all(|l| l.starts_with("busbar: ")),
+        "unexpected log lines without RUST_LOG: {stderr:?}"
+    );
+
+    let mut verbose = common::Running::start_with_env(
+        &["broker", "--bind", "tcp://127.0.0.1:0"],
+        &[("RUST_LOG", "busbar_zmq=info")],
+    );
+    let line = verbose.wait_stderr("zmq broker listening");
+    assert!(line.contains("INFO"), "{line}");
+}
+
+#[test]
 fn broker_bind_failure_is_a_transport_error() {
     let broker = BrokerProcess::start();
     let endpoint = broker.url.replace("zmq://", "tcp://");

@@ -140,8 +140,14 @@ fn line_reader(source: impl Read + Send + 'static) -> Receiver<String> {
 impl Running {
     /// Starts `busbar args...` in the background.
     pub fn start(args: &[&str]) -> Running {
+        Running::start_with_env(args, &[])
+    }
+
+    /// Starts `busbar args...` in the background with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
         let mut child = busbar()
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
