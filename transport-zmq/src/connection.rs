@@ -94,11 +94,15 @@ impl Session {
         }
     }
 
+    /// Sends one message; a broker that does not take it within the liveness
+    /// period (it stopped reading) counts as lost.
     async fn send(&mut self, frames: Vec<Bytes>) -> std::result::Result<(), String> {
-        self.send
-            .send(to_message(frames))
-            .await
-            .map_err(|err| format!("send to the broker failed: {err}"))
+        let limit = self.heartbeat * self.liveness;
+        match tokio::time::timeout(limit, self.send.send(to_message(frames))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(format!("send to the broker failed: {err}")),
+            Err(_) => Err(format!("the broker took no message for {limit:?}")),
+        }
     }
 }
 

@@ -7,11 +7,13 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use zeromq::{SocketSend, ZmqMessage};
 
 /// Most events packed into one EVENT message.
 pub(crate) const MAX_EVENTS_PER_MESSAGE: usize = 256;
+/// How long a dropped client's writer may still flush what was queued.
+const FLUSH_ON_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most bytes of envelopes packed into one EVENT message.
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
@@ -31,6 +33,9 @@ pub(crate) enum Out {
 /// The broker's handle on one client's writer.
 pub(crate) struct Outbox {
     tx: mpsc::UnboundedSender<Out>,
+    /// Dropped with the outbox: stops the writer even in the middle of a send
+    /// to a client that stopped reading (a frozen or dead process).
+    _stop: oneshot::Sender<()>,
     identity: Bytes,
     socket: zeromq::RouterSendHalf,
     /// Items handed to the writer and not completely sent yet. While it is 0
@@ -55,6 +60,7 @@ impl Outbox {
         internal: mpsc::UnboundedSender<Internal>,
     ) -> Outbox {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop) = oneshot::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let unsent = Arc::new(AtomicUsize::new(0));
         let above = Arc::new(AtomicBool::new(false));
@@ -69,9 +75,20 @@ impl Outbox {
             batches,
             internal,
         };
-        tokio::spawn(writer.run(rx));
+        tokio::spawn(async move {
+            let run = writer.run(rx);
+            tokio::pin!(run);
+            tokio::select! {
+                () = &mut run => return,
+                _ = stop => {}
+            }
+            // The broker let go of the client: flush what is queued (a GOODBYE),
+            // but never wait long on a client that stopped reading.
+            let _ = tokio::time::timeout(FLUSH_ON_CLOSE, run).await;
+        });
         Outbox {
             tx,
+            _stop: stop_tx,
             identity,
             socket,
             unsent,
