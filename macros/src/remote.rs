@@ -2,7 +2,7 @@
 
 use crate::names::{check_lit, error_at, NameKind};
 use crate::signature::{self, Arg, Returns};
-use proc_macro2::{Ident, TokenStream};
+use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
@@ -154,10 +154,12 @@ pub(crate) fn handler_body(returns: &Returns, is_async: bool, call: TokenStream)
 /// The name of the `&Bus` parameter of generated functions: `bus`, unless an
 /// argument already has that name.
 pub(crate) fn bus_ident(args: &[Arg]) -> Ident {
+    // Mixed-site, so a function named `bus` stays reachable; the arguments are
+    // mixed-site too, hence the check.
     if args.iter().any(|a| a.ident == "bus") {
-        format_ident!("__bus")
+        format_ident!("__bus", span = Span::mixed_site())
     } else {
-        format_ident!("bus")
+        format_ident!("bus", span = Span::mixed_site())
     }
 }
 

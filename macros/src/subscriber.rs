@@ -101,6 +101,11 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     }
 
     let p = quote!(::busbar::__private);
+    // Hygienic locals: a user function named `bus` or `handler` stays reachable.
+    let bus = proc_macro2::Ident::new("bus", proc_macro2::Span::mixed_site());
+    let handler = proc_macro2::Ident::new("handler", proc_macro2::Span::mixed_site());
+    let bus_for_handler =
+        proc_macro2::Ident::new("bus_for_handler", proc_macro2::Span::mixed_site());
     let fn_ident = &sig.ident;
     let fn_name = fn_ident.unraw().to_string();
     let vis = &function.vis;
@@ -110,13 +115,13 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let (pattern, subscribe, check_event, shown) = match &source {
         Source::Event => (
             quote!(<#event_ty as #p::Event>::TOPIC),
-            quote!(#p::on_event::<#event_ty, _, _>(bus, handler)),
+            quote!(#p::on_event::<#event_ty, _, _>(#bus, #handler)),
             quote_spanned!(event_ty.span()=> #p::assert_event::<#event_ty>();),
             "the event type's `TOPIC`".to_string(),
         ),
         Source::Topic(lit) | Source::Pattern(lit) => (
             quote!(#lit),
-            quote!(#p::on_pattern::<#event_ty, _, _>(bus, Self::PATTERN, handler)),
+            quote!(#p::on_pattern::<#event_ty, _, _>(#bus, Self::PATTERN, #handler)),
             quote_spanned!(event_ty.span()=> #p::assert_payload::<#event_ty>();),
             format!("`{}`", lit.value()),
         ),
@@ -136,20 +141,20 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     } else {
         quote!(#event_ident: #event_ty)
     };
-    let handler = match (extras.is_empty(), is_async) {
-        (true, true) => quote!(let handler = #fn_ident;),
+    let handler_setup = match (extras.is_empty(), is_async) {
+        (true, true) => quote!(let #handler = #fn_ident;),
         (_, true) => {
             let (outer, inner) = if wants_bus {
                 (
-                    quote!(let bus_for_handler = #p::Clone::clone(bus);),
-                    quote!(let #ctx = #p::Clone::clone(&bus_for_handler);),
+                    quote!(let #bus_for_handler = #p::Clone::clone(#bus);),
+                    quote!(let #ctx = #p::Clone::clone(&#bus_for_handler);),
                 )
             } else {
                 (quote!(), quote!())
             };
             quote! {
                 #outer
-                let handler = move |#params| {
+                let #handler = move |#params| {
                     #inner
                     async move { #call.await }
                 };
@@ -157,18 +162,18 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         }
         (_, false) => {
             let outer = if wants_bus {
-                quote!(let #ctx = #p::Clone::clone(bus);)
+                quote!(let #ctx = #p::Clone::clone(#bus);)
             } else {
                 quote!()
             };
             quote! {
                 #outer
-                let handler = move |#params| #p::ready(#call);
+                let #handler = move |#params| #p::ready(#call);
             }
         }
     };
     let subscribe = if wants_message {
-        quote!(#p::on_with_message::<#event_ty, _, _>(bus, Self::PATTERN, handler))
+        quote!(#p::on_with_message::<#event_ty, _, _>(#bus, Self::PATTERN, #handler))
     } else {
         subscribe
     };
@@ -209,14 +214,14 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
             /// Runs the function for each matching event on `bus`, one at a time,
             /// until the returned listener is dropped.
-            pub async fn subscribe(bus: &#p::Bus) -> #p::Result<#p::Listener> {
-                #handler
+            pub async fn subscribe(#bus: &#p::Bus) -> #p::Result<#p::Listener> {
+                #handler_setup
                 #subscribe.await
             }
 
-            fn __start(bus: &#p::Bus) -> #p::BoxFuture<'_, #p::Result<#p::Running>> {
+            fn __start(#bus: &#p::Bus) -> #p::BoxFuture<'_, #p::Result<#p::Running>> {
                 #p::Box::pin(async move {
-                    #p::Ok(#p::running(Self::subscribe(bus).await?))
+                    #p::Ok(#p::running(Self::subscribe(#bus).await?))
                 })
             }
         }

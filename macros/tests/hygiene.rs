@@ -47,6 +47,15 @@ mod no_prelude {
         ::std::result::Result::Ok(n / 2)
     }
 
+    /// Named like the generated code's own locals.
+    #[::busbar::remote(name = "hygiene.bus")]
+    pub(crate) fn bus(n: u32) -> u32 {
+        n + 1
+    }
+
+    #[::busbar::subscriber]
+    pub(crate) fn handler(_ping: Pinged, _bus: &::busbar::Bus) {}
+
     pub(crate) struct Doubler;
 
     #[::busbar::service(prefix = "hygiene.doubler")]
@@ -79,4 +88,7 @@ async fn generated_code_needs_no_prelude() {
     assert_eq!(half::call(&bus, 42).await.unwrap(), 21);
     assert_eq!(DoublerClient::new(&bus).double(4).await.unwrap(), 8);
     assert_eq!(on_ping::PATTERN, "hygiene.pinged");
+    let _bus_provider = bus::serve(&bus).await.unwrap();
+    let _handler = handler::subscribe(&bus).await.unwrap();
+    assert_eq!(bus::call(&bus, 1).await.unwrap(), 2);
 }
