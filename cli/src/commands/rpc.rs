@@ -5,7 +5,7 @@ use crate::cli::{CallArgs, ServeArgs};
 use crate::exit::{CmdResult, Context, Failure};
 use crate::input::parse_json;
 use crate::output::{print_json, status};
-use busbar::{redact_url, Fault, Name};
+use busbar::{redact_url, Error, Fault, Name};
 use serde_json::{json, Value};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -50,9 +50,7 @@ async fn call_all(stub: &busbar::Stub<Value, Value>, request: &Value, method: &s
         match reply {
             Ok(answer) => print_json(&json!({ "ok": answer }))?,
             Err(err) => {
-                print_json(&json!({
-                    "error": { "kind": err.kind(), "message": err.to_string() }
-                }))?;
+                print_json(&json!({ "error": error_json(&err) }))?;
                 failed += 1;
                 first_error.get_or_insert(err);
             }
@@ -64,6 +62,19 @@ async fn call_all(stub: &busbar::Stub<Value, Value>, request: &Value, method: &s
             format!("{failed} of {total} providers of {method} failed; the first"),
             err,
         )),
+    }
+}
+
+/// An error as printed by `call --all`: its kind, and for a handler's failure
+/// the kind the handler gave (`remote_kind`).
+fn error_json(err: &Error) -> Value {
+    match err {
+        Error::Remote { kind, message } => json!({
+            "kind": err.kind(),
+            "remote_kind": kind,
+            "message": message,
+        }),
+        other => json!({ "kind": other.kind(), "message": other.to_string() }),
     }
 }
 
@@ -158,6 +169,19 @@ async fn run_exec(command: &str, request: Value) -> Result<Value, Fault> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_errors_keep_the_handler_kind() {
+        let err = Error::Remote {
+            kind: "exit_status".into(),
+            message: "boom".into(),
+        };
+        assert_eq!(
+            error_json(&err),
+            json!({"kind": "remote", "remote_kind": "exit_status", "message": "boom"})
+        );
+        assert_eq!(error_json(&Error::Timeout)["kind"], "timeout");
+    }
 
     #[tokio::test]
     async fn exec_answers_with_stdout() {

@@ -129,6 +129,24 @@ pub fn call_all_and_serve_count(url: &str) {
             "{stderr:?}"
         );
     }
+
+    // One provider fails: its line says why, the others still answer, and the
+    // exit code is the failure's.
+    let mixed = unique("fleet.mixed");
+    let _good = Running::start(&["serve", &mixed, "--echo", "--url", url]).ready();
+    let _bad = Running::start(&["serve", &mixed, "--exec", "exit 5", "--url", url]).ready();
+    let all = run(&["call", &mixed, "\"hi\"", "--all", "--url", url]);
+    all.expect_code(14);
+    let lines = all.json_lines();
+    assert_eq!(lines.len(), 2, "{all:?}");
+    assert!(lines.contains(&json!({"ok": "hi"})), "{all:?}");
+    let error = lines
+        .iter()
+        .find_map(|l| l.get("error"))
+        .unwrap_or_else(|| panic!("no error line: {all:?}"));
+    assert_eq!(error["kind"], "remote", "{all:?}");
+    assert_eq!(error["remote_kind"], "exit_status", "{all:?}");
+    assert!(all.stderr.contains("1 of 2 providers"), "{all:?}");
 }
 
 /// `queue put|get|len`, with `--nack` giving an item back and `--ack` showing
