@@ -180,6 +180,41 @@ impl Secured {
     }
 }
 
+/// Where an incoming envelope arrived, which its signed fields must agree with:
+/// a validly signed envelope moved to another channel below the layer (an event
+/// replayed into a queue, a queue item into another queue, a request to another
+/// method) is refused as [`Rejection::Misrouted`].
+#[derive(Clone, Copy)]
+enum Route<'a> {
+    /// On a subscription to this pattern: the subject must match it.
+    Subscription(&'a Pattern),
+    /// From this queue: the subject must be its name. No freshness check (items
+    /// may wait for days).
+    Queue(&'a Name),
+    /// To a handler of this method: a request with this subject.
+    Request(&'a Name),
+    /// To the caller of this request: a reply correlated to it.
+    Reply(crate::MessageId),
+}
+
+impl Route<'_> {
+    fn fresh(self) -> bool {
+        !matches!(self, Route::Queue(_))
+    }
+
+    fn admits(self, envelope: &Envelope) -> bool {
+        match self {
+            Route::Subscription(pattern) => pattern.matches(envelope.subject.as_str()),
+            Route::Queue(queue) => envelope.subject == *queue,
+            Route::Request(method) => envelope.kind == Kind::Request && envelope.subject == *method,
+            Route::Reply(request) => {
+                matches!(envelope.kind, Kind::Reply | Kind::ErrorReply)
+                    && envelope.correlation_id == Some(request)
+            }
+        }
+    }
+}
+
 /// What [`Shared::incoming`] decided; a refused envelope comes back unchanged.
 enum Verdict {
     Accept(Envelope),
@@ -210,8 +245,13 @@ impl Shared {
     }
 
     /// Limits, signature (constant time), freshness, replay, then decryption.
-    fn incoming(&self, mut envelope: Envelope, fresh: bool, seen: Option<&mut SeenIds>) -> Verdict {
-        let key = match self.verify(&envelope, fresh, seen) {
+    fn incoming(
+        &self,
+        mut envelope: Envelope,
+        route: Route<'_>,
+        seen: Option<&mut SeenIds>,
+    ) -> Verdict {
+        let key = match self.verify(&envelope, route, seen) {
             Ok(Some(key)) => key,
             Ok(None) => return Verdict::Accept(envelope),
             Err(why) => return Verdict::Refuse(why, envelope),
@@ -231,7 +271,7 @@ impl Shared {
     fn verify(
         &self,
         envelope: &Envelope,
-        fresh: bool,
+        route: Route<'_>,
         seen: Option<&mut SeenIds>,
     ) -> Result<Option<&super::Key>, Rejection> {
         let config = &self.config;
@@ -246,7 +286,10 @@ impl Shared {
             return Err(Rejection::Unsigned);
         }
         let key = sign::verify(envelope, keys)?;
-        if fresh {
+        if !route.admits(envelope) {
+            return Err(Rejection::Misrouted);
+        }
+        if route.fresh() {
             config.freshness.check_time(envelope)?;
         }
         if let Some(seen) = seen {
@@ -279,10 +322,10 @@ impl Shared {
         &self,
         envelope: Envelope,
         what: &'static str,
-        fresh: bool,
+        route: Route<'_>,
         seen: Option<&mut SeenIds>,
     ) -> Option<Envelope> {
-        match self.incoming(envelope, fresh, seen) {
+        match self.incoming(envelope, route, seen) {
             Verdict::Accept(envelope) => Some(envelope),
             Verdict::Refuse(why, original) => {
                 self.reject(&original, why, what);
@@ -293,13 +336,7 @@ impl Shared {
 
     /// Checks a reply to `request_id`; a refusal fails the call.
     fn accept_reply(&self, reply: Envelope, request_id: crate::MessageId) -> Result<Envelope> {
-        if self.config.keys.is_some() && reply.correlation_id != Some(request_id) {
-            self.reject(&reply, Rejection::Replayed, "reply");
-            return Err(Error::Malformed(
-                "the reply was rejected: it answers another request".into(),
-            ));
-        }
-        match self.incoming(reply, true, None) {
+        match self.incoming(reply, Route::Reply(request_id), None) {
             Verdict::Accept(reply) => Ok(reply),
             Verdict::Refuse(why, original) => {
                 self.reject(&original, why, "reply");
@@ -341,8 +378,14 @@ impl EventBus for Secured {
         let raw = self.inner.subscribe(pattern, options).await?;
         let shared = self.shared.clone();
         let mut seen = SeenIds::new(shared.config.freshness.capacity);
+        let pattern = pattern.clone();
         Ok(raw.filter_map_messages(move |envelope| {
-            shared.admit(envelope, "event", true, Some(&mut seen))
+            shared.admit(
+                envelope,
+                "event",
+                Route::Subscription(&pattern),
+                Some(&mut seen),
+            )
         }))
     }
 
@@ -357,7 +400,7 @@ impl EventBus for Secured {
             let Some(item) = self.inner.queue_get(queue, remaining).await? else {
                 return Ok(None);
             };
-            match self.shared.incoming(item, false, None) {
+            match self.shared.incoming(item, Route::Queue(queue), None) {
                 Verdict::Accept(item) => return Ok(Some(item)),
                 Verdict::Refuse(why, original) => {
                     self.shared.reject(&original, why, "queue item");
@@ -385,7 +428,7 @@ impl EventBus for Secured {
             };
             match self
                 .shared
-                .incoming(delivery.envelope().clone(), false, None)
+                .incoming(delivery.envelope().clone(), Route::Queue(queue), None)
             {
                 Verdict::Accept(item) => {
                     delivery.set_envelope(item);
@@ -408,6 +451,7 @@ impl EventBus for Secured {
 
     async fn serve(&self, method: &Name, handler: Arc<dyn Handler>) -> Result<Guard> {
         let secured = SecuredHandler {
+            method: method.clone(),
             seen: Mutex::new(SeenIds::new(self.shared.config.freshness.capacity)),
             inner: handler,
             shared: self.shared.clone(),
@@ -440,6 +484,7 @@ impl EventBus for Secured {
 /// A handler behind the layer: requests are checked before it runs, and its
 /// replies are sealed and signed before the transport sends them.
 struct SecuredHandler {
+    method: Name,
     inner: Arc<dyn Handler>,
     shared: Arc<Shared>,
     seen: Mutex<SeenIds>,
@@ -453,7 +498,12 @@ impl Handler for SecuredHandler {
 
     fn admit(&self, request: Envelope) -> Option<Envelope> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        self.shared.admit(request, "request", true, Some(&mut seen))
+        self.shared.admit(
+            request,
+            "request",
+            Route::Request(&self.method),
+            Some(&mut seen),
+        )
     }
 
     fn finish(&self, reply: Envelope) -> Option<Envelope> {
@@ -475,6 +525,71 @@ impl Handler for SecuredHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ContentType;
+
+    fn refused(verdict: Verdict) -> Option<Rejection> {
+        match verdict {
+            Verdict::Accept(_) => None,
+            Verdict::Refuse(why, _) => Some(why),
+        }
+    }
+
+    #[test]
+    fn signed_envelopes_stay_on_their_channel() {
+        let keys = KeyRing::new("k1", &[1; 32]).unwrap();
+        let shared = Shared {
+            config: SecureLayer::new(keys.clone()),
+            stats: Arc::default(),
+            transport: "test",
+            log: LogBudget::default(),
+        };
+        let name = |n: &str| Name::new(n).unwrap();
+        let signed = |kind, subject: &str| {
+            let mut e = Envelope::new(kind, name(subject), ContentType::JSON, Bytes::new());
+            sign::sign(&mut e, &keys).unwrap();
+            e
+        };
+        let check = |e: &Envelope, route| refused(shared.incoming(e.clone(), route, None));
+
+        let item = signed(Kind::QueueItem, "jobs.a");
+        let queue = name("jobs.a");
+        assert_eq!(check(&item, Route::Queue(&queue)), None);
+        let other_queue = name("jobs.b");
+        assert_eq!(
+            check(&item, Route::Queue(&other_queue)),
+            Some(Rejection::Misrouted)
+        );
+
+        let event = signed(Kind::Event, "orders.created");
+        let orders = Pattern::new("orders.*").unwrap();
+        let jobs = Pattern::new("jobs.>").unwrap();
+        assert_eq!(check(&event, Route::Subscription(&orders)), None);
+        assert_eq!(
+            check(&event, Route::Subscription(&jobs)),
+            Some(Rejection::Misrouted)
+        );
+
+        let method = name("orders.created");
+        assert_eq!(
+            check(&event, Route::Request(&method)),
+            Some(Rejection::Misrouted),
+            "an event is not a request, even on a method of the same name"
+        );
+        let request = signed(Kind::Request, "orders.created");
+        assert_eq!(check(&request, Route::Request(&method)), None);
+
+        let mut reply = request.reply(Kind::Reply, ContentType::JSON, Bytes::new());
+        sign::sign(&mut reply, &keys).unwrap();
+        assert_eq!(check(&reply, Route::Reply(request.id)), None);
+        assert_eq!(
+            check(&reply, Route::Reply(crate::MessageId::new())),
+            Some(Rejection::Misrouted)
+        );
+        assert_eq!(
+            check(&request, Route::Reply(request.id)),
+            Some(Rejection::Misrouted)
+        );
+    }
 
     #[test]
     fn log_budget_caps_each_second_and_reports_what_it_skipped() {

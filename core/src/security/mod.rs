@@ -10,8 +10,10 @@
 //!   HMAC-SHA256 over [`wire::encode_unsigned`](crate::wire::encode_unsigned));
 //! - **incoming** envelopes (subscription items, queue items, requests reaching
 //!   handlers, replies reaching callers) are checked against the limits, their
-//!   signature is verified in constant time, their age and id are checked
-//!   ([`replay`]), and only then is the payload decrypted. Anything refused is
+//!   signature is verified in constant time, their signed subject and kind are
+//!   checked against where they arrived (pattern, queue, method, request id),
+//!   their age and id are checked ([`replay`]), and only then is the payload
+//!   decrypted. Anything refused is
 //!   counted in [`Stats::rejected`](crate::Stats) and logged with the identity the
 //!   sender claims (subject, id, key id), and never delivered.
 //!
@@ -137,6 +139,10 @@ pub enum Rejection {
     FromTheFuture,
     /// An id this stream already accepted.
     Replayed,
+    /// Validly signed, but for another channel than the one it arrived on (a
+    /// subject outside the subscription's pattern, another queue, another
+    /// method, a reply to another request).
+    Misrouted,
     /// Larger than a limit (payload, headers or whole envelope).
     TooLarge,
     /// Not sealed, where this bus requires encryption.
@@ -158,6 +164,7 @@ impl Rejection {
             Rejection::Stale => "stale",
             Rejection::FromTheFuture => "from_the_future",
             Rejection::Replayed => "replayed",
+            Rejection::Misrouted => "misrouted",
             Rejection::TooLarge => "too_large",
             Rejection::NotSealed => "not_sealed",
             Rejection::BadSeal => "bad_seal",
