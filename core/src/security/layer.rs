@@ -535,6 +535,19 @@ mod tests {
     }
 
     #[test]
+    fn debug_of_the_layer_names_keys_by_id_only() {
+        let keys = KeyRing::new("k1", &[0xAB; 32]).unwrap();
+        let text = format!("{:?}", SecureLayer::new(keys).encrypt(true));
+        assert!(
+            text.contains("k1") && text.contains("encrypt: true"),
+            "{text}"
+        );
+        for needle in ["abab", "ABAB", "171, 171", "[171"] {
+            assert!(!text.contains(needle), "{text} shows {needle}");
+        }
+    }
+
+    #[test]
     fn signed_envelopes_stay_on_their_channel() {
         let keys = KeyRing::new("k1", &[1; 32]).unwrap();
         let shared = Shared {

@@ -6,8 +6,9 @@
 //!
 //! - **outgoing** envelopes (events, queue items, RPC requests and the replies
 //!   this bus's handlers produce) are checked against the [`Limits`], optionally
-//!   sealed ([`seal`]: XChaCha20-Poly1305 of the payload), then signed ([`sign`]:
-//!   HMAC-SHA256 over [`wire::encode_unsigned`](crate::wire::encode_unsigned));
+//!   sealed ([`seal`](mod@seal): ChaCha20-Poly1305 of the payload under a
+//!   per-sender subkey), then signed ([`sign`](mod@sign): HMAC-SHA256 over
+//!   [`wire::encode_unsigned`](crate::wire::encode_unsigned));
 //! - **incoming** envelopes (subscription items, queue items, requests reaching
 //!   handlers, replies reaching callers) are checked against the limits, their
 //!   signature is verified in constant time, their signed subject and kind are
