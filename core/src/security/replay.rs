@@ -8,7 +8,7 @@
 //! because the same event legitimately reaches every subscription once.
 //!
 //! Limits, stated plainly: when more than `capacity` messages arrive within the
-//! window, the oldest ids are forgotten early (counted in the log at debug
+//! window, the oldest ids are forgotten early (logged once per stream at debug
 //! level), and a copy of one of those replayed inside the window is accepted.
 //! Queue items are exempt from both checks: they may wait in a queue for days,
 //! and a redelivery after a `nack` legitimately repeats an id (queues are
@@ -70,6 +70,8 @@ pub(crate) struct SeenIds {
     ids: HashSet<u128>,
     order: VecDeque<(u128, u64)>,
     capacity: usize,
+    /// Whether forgetting ids inside the window was logged already.
+    logged_full: bool,
 }
 
 impl SeenIds {
@@ -78,6 +80,7 @@ impl SeenIds {
             ids: HashSet::new(),
             order: VecDeque::new(),
             capacity,
+            logged_full: false,
         }
     }
 
@@ -95,10 +98,11 @@ impl SeenIds {
             if timestamp >= horizon && self.order.len() < self.capacity {
                 break;
             }
-            if timestamp >= horizon {
+            if timestamp >= horizon && !self.logged_full {
+                self.logged_full = true;
                 tracing::debug!(
                     capacity = self.capacity,
-                    "replay memory full: forgetting an id inside the window"
+                    "replay memory full: forgetting ids inside the freshness window"
                 );
             }
             self.order.pop_front();
