@@ -87,6 +87,9 @@ pub(crate) struct Shared {
     pub(crate) out: mpsc::UnboundedSender<Outbound>,
     budget: Arc<Semaphore>,
     pub(crate) connected: AtomicBool,
+    /// Announces every change of `connected` (publishers waiting for buffer
+    /// room stop waiting when the connection drops).
+    pub(crate) link: tokio::sync::watch::Sender<bool>,
     closed: AtomicBool,
     pub(crate) epoch: AtomicU64,
     next_id: AtomicU64,
@@ -112,6 +115,11 @@ impl Shared {
         } else {
             Ok(())
         }
+    }
+
+    pub(crate) fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+        self.link.send_replace(connected);
     }
 
     pub(crate) fn is_connected(&self) -> bool {
@@ -249,6 +257,7 @@ impl ZmqBus {
             stats: Arc::default(),
             out,
             connected: AtomicBool::new(true),
+            link: tokio::sync::watch::Sender::new(true),
             closed: AtomicBool::new(false),
             epoch: AtomicU64::new(1),
             next_id: AtomicU64::new(1),
@@ -359,20 +368,27 @@ impl EventBus for ZmqBus {
         let shared = &*self.shared;
         shared.check_open()?;
         let bytes = wire::encode(&event)?;
-        let permit = if shared.is_connected() {
-            shared
-                .budget
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| Error::Closed)?
-        } else {
-            shared.budget.clone().try_acquire_owned().map_err(|_| {
-                Error::transport(format!(
-                    "the zmq broker at {} is unreachable and the publish buffer ({} events) is full",
-                    shared.config.endpoint, shared.config.publish_buffer
-                ))
-            })?
+        let mut link = shared.link.subscribe();
+        let permit = loop {
+            if !*link.borrow_and_update() {
+                break shared.budget.clone().try_acquire_owned().map_err(|_| {
+                    Error::transport(format!(
+                        "the zmq broker at {} is unreachable and the publish buffer ({} events) is full",
+                        shared.config.endpoint, shared.config.publish_buffer
+                    ))
+                })?;
+            }
+            // Connected: wait for room (backpressure), unless the link drops.
+            tokio::select! {
+                permit = shared.budget.clone().acquire_owned() => {
+                    break permit.map_err(|_| Error::Closed)?;
+                }
+                changed = link.changed() => {
+                    if changed.is_err() {
+                        return Err(Error::Closed);
+                    }
+                }
+            }
         };
         shared
             .out

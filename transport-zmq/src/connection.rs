@@ -54,10 +54,12 @@ impl Session {
         options.connect_timeout(config.connect_timeout);
         let mut socket = zeromq::DealerSocket::with_options(options);
         let monitor = socket.monitor();
-        socket
-            .connect(&config.endpoint)
-            .await
-            .map_err(|err| transport(&format!("cannot connect to {}", config.endpoint), err))?;
+        socket.connect(&config.endpoint).await.map_err(|err| {
+            transport(
+                &format!("cannot connect to the zmq broker at {}", config.endpoint),
+                err,
+            )
+        })?;
         let (mut send, mut recv) = socket.split();
         let hello = protocol::message(
             cmd::HELLO,
@@ -143,7 +145,7 @@ pub(crate) async fn run(
             End::Bye(done) => return finish(&shared, done),
             End::Lost(reason) => reason,
         };
-        shared.connected.store(false, Ordering::Release);
+        shared.set_connected(false);
         Stats::incr(&shared.stats.disconnects);
         tracing::warn!(endpoint = %shared.config.endpoint, %reason, "lost the zmq broker; reconnecting");
         fail_in_flight(&shared);
@@ -163,7 +165,7 @@ pub(crate) async fn run(
             Err(done) => return finish(&shared, done),
         };
         shared.epoch.fetch_add(1, Ordering::AcqRel);
-        shared.connected.store(true, Ordering::Release);
+        shared.set_connected(true);
         Stats::incr(&shared.stats.reconnects);
         tracing::info!(endpoint = %shared.config.endpoint, "reconnected to the zmq broker");
         // Replay before anything else: subscriptions, then providers.
@@ -226,7 +228,7 @@ fn fail_in_flight(shared: &Shared) {
 }
 
 fn finish(shared: &Shared, done: Option<oneshot::Sender<()>>) {
-    shared.connected.store(false, Ordering::Release);
+    shared.set_connected(false);
     let waiters: Vec<u64> = lock(&shared.waiters).keys().copied().collect();
     for req in waiters {
         let _ = shared.answer(req, Answer::Lost);
@@ -390,8 +392,15 @@ async fn drive(
                             }
                         }
                         unacked.push_back(seq);
+                        // Bytes are shared, so keeping the envelopes costs nothing:
+                        // if the socket refuses the batch, they wait for the next broker.
+                        let envelopes: Vec<Bytes> = frames[3..].to_vec();
                         let result = session.send(frames).await;
-                        drop(permits);
+                        if result.is_err() {
+                            for item in envelopes.into_iter().zip(permits).rev() {
+                                backlog.push_front(Outbound::Publish(item.0, item.1));
+                            }
+                        }
                         result
                     }
                 };

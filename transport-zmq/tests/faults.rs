@@ -600,3 +600,68 @@ async fn held_back_publish_batches_lose_nothing() {
     assert!(broker.stats().held_batches > 0, "{:?}", broker.stats());
     assert_eq!(subscriber.stats().lagged, 0);
 }
+
+/// No broker at the address: connecting fails with a clear error, in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_to_no_broker_fails_in_time() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let url = format!("zmq://127.0.0.1:{port}?connect_timeout_ms=300");
+    match Bus::connect(&url).await {
+        Err(Error::Transport(err)) => assert!(err.to_string().contains("broker"), "{err}"),
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// While the broker is away, publishes are buffered up to a bound, then fail
+/// with a clear error; once a broker is back the bus restores its subscription
+/// by itself and events flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_during_an_outage_are_bounded_then_fail_clearly() {
+    let first = broker().await;
+    let endpoint = first.endpoint().to_owned();
+    let bus = bus(&format!("{}?publish_buffer=4", first.url())).await;
+    let mut sub = bus.subscribe_to::<u32>("outage.events").await.unwrap();
+    first.shutdown().await;
+    let error = within("publish to fail while the broker is away", async {
+        loop {
+            if let Err(err) = bus.publish_to("outage.events", &0u32).await {
+                return err;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        matches!(&error, Error::Transport(e) if e.to_string().contains("publish buffer")),
+        "{error:?}"
+    );
+    let _second = Broker::bind_with(&endpoint, fast()).await.unwrap();
+    within("an event after the broker came back", async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let _ = bus.publish_to("outage.events", &7u32).await;
+                }
+                event = sub.next() => {
+                    if let Some(Ok(7)) = event {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(bus.stats().reconnects >= 1);
+}
