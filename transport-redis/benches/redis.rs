@@ -401,12 +401,45 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let setup = &setup;
-        // BENCH_ONLY=rpc64|queue runs one busbar workload (for profiling).
+        // BENCH_ONLY=rpc1|rpc64|queue runs one busbar workload (for profiling).
         match std::env::var("BENCH_ONLY").as_deref() {
             Ok("rpc64") => {
                 let calls = count(100_000.0);
                 let r = rate(calls, || busbar_rpc(setup, calls, 64)).await;
                 println!("busbar RPC with 64 in flight: {r:.0}/s");
+                return;
+            }
+            Ok("rpc1") => {
+                let calls = count(20_000.0);
+                let r = rate(calls, || busbar_rpc(setup, calls, 1)).await;
+                let raw = rate(calls, || raw_rpc(setup, calls, 1)).await;
+                println!("RPC sequential: busbar {r:.0}/s, raw {raw:.0}/s");
+                return;
+            }
+            Ok("probe") => {
+                let url = setup.url();
+                let bus = setup.bus(&url).await;
+                let stub = bus.stub::<(i64, i64), i64>("bench.nobody").unwrap();
+                let n = 20_000;
+                let start = Instant::now();
+                for _ in 0..n {
+                    assert!(stub.call(&(1, 2)).await.is_err());
+                }
+                let nobody = n as f64 / start.elapsed().as_secs_f64();
+                let mut raw = setup.raw(None).await;
+                let start = Instant::now();
+                for _ in 0..n {
+                    let _: i64 = redis::cmd("PUBLISH")
+                        .arg("x")
+                        .arg("y")
+                        .query_async(&mut raw)
+                        .await
+                        .unwrap();
+                }
+                let publish = n as f64 / start.elapsed().as_secs_f64();
+                println!(
+                    "no-responder calls {nobody:.0}/s, raw PUBLISH round trips {publish:.0}/s"
+                );
                 return;
             }
             Ok("queue") => {

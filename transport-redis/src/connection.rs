@@ -450,6 +450,15 @@ impl Writer {
         self.tx.try_send(job).is_ok()
     }
 
+    /// Queues `job` without waiting; gives it back when the buffer is full.
+    pub(crate) fn try_send(&self, job: Job) -> Result<(), Job> {
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(job)) => Err(job),
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+        }
+    }
+
     fn full(&self) -> Error {
         Error::transport(format!(
             "redis is unreachable and the publish buffer ({} messages) is full",

@@ -205,16 +205,23 @@ async fn take(
     let base = base_key(&bus.config.namespace, queue.as_str());
     let deadline = tokio::time::Instant::now() + timeout;
     let visibility_ms = millis(visibility).max(1);
+    let mut first = true;
     loop {
         bus.check_open()?;
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // Even a zero timeout looks once.
+        if remaining < Duration::from_millis(1) && !std::mem::take(&mut first) {
+            return Ok(None);
+        }
+        first = false;
         match wait(bus, &base, remaining, visibility_ms).await {
-            Ok(Some(value)) => {
+            Ok(Popped::Item(value)) => {
                 if let Some(taken) = parse_taken(bus, &base, value).await {
                     return Ok(Some(taken));
                 }
             }
-            Ok(None) => return Ok(None),
+            Ok(Popped::Missed) => {}
+            Ok(Popped::TimedOut) => return Ok(None),
             Err(Error::Closed) => return Err(Error::Closed),
             Err(err) => {
                 // Connection lost: retry on a new one until the deadline.
@@ -237,7 +244,7 @@ async fn wait(
     base: &str,
     timeout: Duration,
     visibility_ms: u64,
-) -> Result<Option<Value>> {
+) -> Result<Popped> {
     let mut blocking = bus.pool.take().await?;
     let _waiting = Waiting::enter(bus, base);
     let processing = format!("{base}:p");
@@ -248,8 +255,7 @@ async fn wait(
         .arg(&processing)
         .arg("RIGHT")
         .arg("LEFT")
-        .arg(format!("{:.3}", timeout.as_secs_f64().max(0.001)))
-        .ignore();
+        .arg(format!("{:.3}", timeout.as_secs_f64().max(0.001)));
     // Runs on the server right after the pop returns (a blocked client's next
     // command waits for it): the item is in flight before it leaves Redis.
     pipe.cmd("EVALSHA")
@@ -269,12 +275,17 @@ async fn wait(
     };
     let mut closing = bus.closing.subscribe();
     let popped = tokio::select! {
-        popped = tokio::time::timeout(timeout + grace, pipe.query_async::<(Value,)>(&mut blocking.conn)) => popped,
+        popped = tokio::time::timeout(timeout + grace, pipe.query_async::<(Option<Vec<u8>>, Value)>(&mut blocking.conn)) => popped,
         // Shutdown: the guard unblocks the pop and puts back what it moved.
         _ = closing.wait_for(|closing| *closing) => return Err(Error::Closed),
     };
     let adopted = match popped {
-        Ok(Ok((value,))) => value,
+        Ok(Ok((None, _))) => {
+            abandon.armed = false;
+            bus.pool.give_back(blocking);
+            return Ok(Popped::TimedOut);
+        }
+        Ok(Ok((Some(_), value))) => value,
         Ok(Err(err))
             if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
         {
@@ -302,9 +313,20 @@ async fn wait(
     abandon.armed = false;
     bus.pool.give_back(blocking);
     Ok(match adopted {
-        Value::Nil | Value::Boolean(false) => None,
-        value => Some(value),
+        // The reaper put the popped item back before it was adopted: wait again.
+        Value::Nil | Value::Boolean(false) => Popped::Missed,
+        value => Popped::Item(value),
     })
+}
+
+/// What one blocking wait gave.
+enum Popped {
+    /// The server-side timeout passed with nothing there.
+    TimedOut,
+    /// An item, adopted into the in-flight table.
+    Item(Value),
+    /// Something was popped but is back in the queue already.
+    Missed,
 }
 
 /// Cleans up after a blocking pop whose reply will never be read.

@@ -38,6 +38,7 @@ use busbar_core::{wire, Envelope, Error, Fault, Kind, MessageId, Name, Result, S
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use redis::{Script, Value};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
@@ -330,10 +331,26 @@ impl Provider {
         let handler = self.handler.clone();
         let method = self.method.clone();
         let guard = bus.inflight.enter();
+        let mut answer = Box::pin(async move {
+            let reply = respond(handler.as_ref(), request, &bus.stats).await;
+            (bus, reply)
+        });
+        // A handler that answers at once is not worth a task: its reply goes
+        // out through the ordered writer without waiting.
+        if let Some((bus, reply)) = (&mut answer).now_or_never() {
+            drop(permit);
+            if let Some(reply) = reply {
+                let providers = bus.providers.get(&method).map(|n| *n).unwrap_or(1);
+                queue_reply(&bus, reply_to, ANSWERED, providers, &reply);
+            }
+            drop(guard);
+            return;
+        }
         tokio::spawn(async move {
             let _guard = guard;
             let _permit = permit;
-            let Some(reply) = respond(handler.as_ref(), request, &bus.stats).await else {
+            let (bus, reply) = answer.await;
+            let Some(reply) = reply else {
                 return;
             };
             let providers = bus.providers.get(&method).map(|n| *n).unwrap_or(1);
@@ -374,6 +391,37 @@ fn decode_request(bus: &Shared, frame: &Bytes, method: &str) -> Option<(String, 
         return None;
     }
     Some((reply_to.to_owned(), request))
+}
+
+/// Queues a reply on the ordered writer (pipelined with others, no waiting);
+/// waits for room in a task when the writer's buffer is full.
+fn queue_reply(
+    bus: &Arc<Shared>,
+    reply_to: String,
+    status: u8,
+    providers: usize,
+    reply: &Envelope,
+) {
+    let payload = match wire::encode(reply) {
+        Ok(envelope) => frame_reply(status, providers, &bus.uid, &envelope),
+        Err(err) => {
+            tracing::warn!(%err, "could not encode an RPC reply");
+            return;
+        }
+    };
+    let job = crate::connection::Job::Publish {
+        channel: Bytes::from(reply_to),
+        payload: Bytes::from(payload),
+    };
+    if let Err(job) = bus.writer.try_send(job) {
+        // Full buffer: wait for room in a task of its own.
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            if let Err(err) = bus.writer.send(job).await {
+                tracing::warn!(%err, "could not send an RPC reply");
+            }
+        });
+    }
 }
 
 async fn send_reply(
