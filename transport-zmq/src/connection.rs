@@ -344,12 +344,15 @@ async fn drive(
             }
             item = next_out(backlog, out), if window_open => {
                 let Some(item) = item else {
-                    goodbye(shared, session).await;
+                    goodbye(shared, session, false).await;
                     return End::Bye(None);
                 };
                 let result = match item {
                     Outbound::Bye(done) => {
-                        goodbye(shared, session).await;
+                        // `shutdown` (with `done`) waited for its handlers; a
+                        // dropped bus did not.
+                        let graceful = done.is_some() || shared.in_flight.running() == 0;
+                        goodbye(shared, session, graceful).await;
                         return End::Bye(done);
                     }
                     Outbound::Command { frames, .. } => {
@@ -414,8 +417,13 @@ async fn drive(
 
 /// Says BYE and waits (bounded) until the broker confirmed it released
 /// everything this client held.
-async fn goodbye(shared: &Shared, session: &mut Session) {
-    if session.send(protocol::message(cmd::BYE, [])).await.is_err() {
+async fn goodbye(shared: &Shared, session: &mut Session, graceful: bool) {
+    let bye = if graceful {
+        protocol::message(cmd::BYE, [])
+    } else {
+        protocol::message(cmd::BYE, [protocol::text_frame("abandon")])
+    };
+    if session.send(bye).await.is_err() {
         return;
     }
     let confirmed = async {

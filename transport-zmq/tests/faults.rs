@@ -665,3 +665,45 @@ async fn publishes_during_an_outage_are_bounded_then_fail_clearly() {
     .await;
     assert!(bus.stats().reconnects >= 1);
 }
+
+/// A provider's bus dropped (not shut down) while a handler runs: the call may
+/// be half done, so the caller gets a clear error at once rather than a retry
+/// elsewhere or a wait until its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_provider_bus_fails_its_calls_in_flight() {
+    let broker = broker().await;
+    let caller = bus(&broker.url()).await;
+    let provider = bus(&broker.url()).await;
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+    provider
+        .expose("dropped.method", move |x: u32| {
+            let started = started_tx.clone();
+            async move {
+                let _ = started.send(());
+                std::future::pending::<()>().await;
+                Ok::<_, Fault>(x)
+            }
+        })
+        .await
+        .unwrap()
+        .detach();
+    let stub = caller
+        .stub::<u32, u32>("dropped.method")
+        .unwrap()
+        .timeout(Duration::from_secs(8));
+    let call = tokio::spawn(async move { stub.call(&1).await });
+    within("the handler to start", started_rx.recv())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    drop(provider);
+    match within("the call", call).await.unwrap() {
+        Err(Error::Transport(err)) => assert!(err.to_string().contains("dropped"), "{err}"),
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -18,6 +18,9 @@ use zeromq::{SocketSend, ZmqMessage};
 /// Why a client that said BYE was dropped.
 const GOODBYE: &str = "it said goodbye";
 
+/// Why a client that said `BYE "abandon"` was dropped.
+const ABANDONED: &str = "its bus was dropped while it held the call";
+
 /// Calls without a deadline are forgotten by the broker after this long.
 const CALL_RETENTION: Duration = Duration::from_secs(60);
 
@@ -387,7 +390,10 @@ impl Core {
             cmd::HEARTBEAT => Ok(()),
             cmd::BYE => {
                 self.send(key, protocol::message(cmd::GOODBYE, []));
-                self.drop_client(key, GOODBYE);
+                // `BYE "abandon"`: the client left without finishing its handlers,
+                // so calls it holds may be half done: they fail rather than move.
+                let abandoned = args.first().is_some_and(|a| a.as_ref() == b"abandon");
+                self.drop_client(key, if abandoned { ABANDONED } else { GOODBYE });
                 Ok(())
             }
             cmd::SUBSCRIBE => self.subscribe(key, args),
