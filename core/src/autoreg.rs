@@ -315,8 +315,20 @@ pub(crate) mod macro_support {
     /// Compiles only when `T` may be returned by a `#[remote]` function.
     pub const fn assert_remote_return<T: RemoteReturn>() {}
 
+    /// The event type of a `#[subscriber]` without `topic` or `pattern`.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not a busbar event",
+        label = "a #[subscriber] without `topic` or `pattern` takes an event type",
+        note = "add `#[derive(busbar::Event)]` to `{Self}` (its topic: `#[event(topic = \"...\")]`), or give the subscriber `topic = \"...\"` or `pattern = \"...\"` to take a plain payload"
+    )]
+    pub trait SubscriberEvent: Event {
+        /// The topic subscribed to.
+        const SUBSCRIBED_TOPIC: &'static str = <Self as Event>::TOPIC;
+    }
+    impl<E: Event> SubscriberEvent for E {}
+
     /// Compiles only when `E` is an event type.
-    pub const fn assert_event<E: Event>() {}
+    pub const fn assert_event<E: SubscriberEvent>() {}
 
     /// Compiles only when `T` can be built from a received message.
     pub const fn assert_payload<T: FromEnvelope>() {}
@@ -436,7 +448,7 @@ pub(crate) mod macro_support {
     /// Runs a `#[subscriber]` for each event of type `E`.
     pub async fn on_event<E, F, Fut>(bus: &Bus, handler: F) -> Result<Listener>
     where
-        E: Event,
+        E: SubscriberEvent,
         F: Fn(E) -> Fut + Send + Sync + 'static,
         Fut: Future + Send + 'static,
         Fut::Output: SubscriberReturn,

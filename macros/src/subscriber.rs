@@ -114,7 +114,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
     let (pattern, subscribe, check_event, shown) = match &source {
         Source::Event => (
-            quote!(<#event_ty as #p::Event>::TOPIC),
+            quote!(<#event_ty as #p::SubscriberEvent>::SUBSCRIBED_TOPIC),
             quote!(#p::on_event::<#event_ty, _, _>(#bus, #handler)),
             quote_spanned!(event_ty.span()=> #p::assert_event::<#event_ty>();),
             "the event type's `TOPIC`".to_string(),
