@@ -1,0 +1,151 @@
+//! Pub/sub in the broker: subscriptions, routing, held-back publish acknowledgements.
+
+use super::{Core, Deferred};
+use crate::broker::{cmd, reject};
+use crate::protocol::{self, Malformed, Parsed};
+use busbar_core::{Kind, Pattern};
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+
+impl Core {
+    pub(super) fn subscribe(&mut self, key: u64, args: &[Bytes]) -> Parsed<()> {
+        let [sub, pattern] = protocol::args(args, "SUBSCRIBE")?;
+        let sub = protocol::read_u64(&sub, "subscription id")?;
+        let pattern = protocol::read_text(&pattern, "pattern")?;
+        let pattern =
+            Pattern::new(pattern).map_err(|err| Malformed(format!("bad pattern: {err}")))?;
+        self.subs.insert(key, sub, pattern);
+        if let Some(client) = self.clients.get_mut(&key) {
+            client.subs.insert(sub);
+        }
+        self.send(
+            key,
+            protocol::message(cmd::SUBSCRIBED, [protocol::u64_frame(sub)]),
+        );
+        Ok(())
+    }
+
+    pub(super) fn unsubscribe(&mut self, key: u64, args: &[Bytes]) -> Parsed<()> {
+        let [sub] = protocol::args(args, "UNSUBSCRIBE")?;
+        let sub = protocol::read_u64(&sub, "subscription id")?;
+        self.subs.remove(key, sub);
+        if let Some(client) = self.clients.get_mut(&key) {
+            client.subs.remove(&sub);
+        }
+        Ok(())
+    }
+
+    pub(super) fn publish(&mut self, key: u64, args: &[Bytes]) -> Parsed<()> {
+        let Some((seq, envelopes)) = args.split_first() else {
+            return Err(Malformed("PUBLISH: missing the batch number".into()));
+        };
+        let seq = protocol::read_u64(seq, "batch number")?;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        // Per destination client, its events of this batch, in order.
+        let mut routed: Vec<(u64, Vec<(Bytes, Bytes)>)> = Vec::new();
+        for envelope in envelopes {
+            let topic = match protocol::peek(envelope, self.config.max_envelope) {
+                Ok(peek) if peek.kind == Kind::Event => peek.subject,
+                Ok(_) => {
+                    self.reject_from(
+                        key,
+                        &Malformed("PUBLISH: an envelope is not an event".into()),
+                    );
+                    continue;
+                }
+                Err(why) => {
+                    self.reject_from(key, &why);
+                    continue;
+                }
+            };
+            self.counters.events_in.fetch_add(1, Ordering::Relaxed);
+            self.subs.matching(topic, &mut scratch);
+            let mut i = 0;
+            while i < scratch.len() {
+                let client = scratch[i].0;
+                let mut j = i + 1;
+                while j < scratch.len() && scratch[j].0 == client {
+                    j += 1;
+                }
+                let subs = if j - i == 1 {
+                    scratch[i].2.clone()
+                } else {
+                    let ids: Vec<u64> = scratch[i..j].iter().map(|t| t.1).collect();
+                    protocol::u64s_frame(&ids)
+                };
+                i = j;
+                let pair = (subs, envelope.clone());
+                match routed.iter_mut().find(|(c, _)| *c == client) {
+                    Some((_, events)) => events.push(pair),
+                    None => routed.push((client, vec![pair])),
+                }
+            }
+        }
+        self.scratch = scratch;
+        let mut blockers: Vec<u64> = Vec::new();
+        for (client_key, events) in routed {
+            let Some(client) = self.clients.get(&client_key) else {
+                continue;
+            };
+            self.counters
+                .events_out
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
+            if client.outbox.events(events) > self.config.high_water {
+                client.outbox.above.store(true, Ordering::Release);
+                blockers.push(client_key);
+            }
+        }
+        if blockers.is_empty() {
+            self.send(
+                key,
+                protocol::message(cmd::PUBACK, [protocol::u64_frame(seq)]),
+            );
+        } else {
+            self.counters.held_batches.fetch_add(1, Ordering::Relaxed);
+            self.deferred.push(Deferred {
+                publisher: key,
+                seq,
+                blockers,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn reject_from(&self, key: u64, why: &Malformed) {
+        let identity = self
+            .clients
+            .get(&key)
+            .map(|c| c.identity.clone())
+            .unwrap_or_default();
+        reject(&self.counters, &identity, why);
+    }
+
+    /// Acknowledges held publish batches whose slow subscribers have drained.
+    pub(super) fn release_deferred(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let high_water = self.config.high_water;
+        let clients = &self.clients;
+        let mut release = Vec::new();
+        self.deferred.retain_mut(|d| {
+            d.blockers.retain(|b| {
+                clients
+                    .get(b)
+                    .is_some_and(|c| c.outbox.queued.load(Ordering::Relaxed) > high_water)
+            });
+            if d.blockers.is_empty() {
+                release.push((d.publisher, d.seq));
+                false
+            } else {
+                true
+            }
+        });
+        for (publisher, seq) in release {
+            self.send(
+                publisher,
+                protocol::message(cmd::PUBACK, [protocol::u64_frame(seq)]),
+            );
+        }
+    }
+}
