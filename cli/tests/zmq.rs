@@ -85,3 +85,26 @@ fn bench() {
     let broker = BrokerProcess::start();
     scenarios::bench(&broker.url, "raw zeromq sockets");
 }
+
+#[test]
+fn no_broker_is_a_transport_error() {
+    // A loopback port nobody listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let failed = run(&[
+        "pub",
+        "a.b",
+        "1",
+        "--url",
+        &format!("zmq://127.0.0.1:{port}"),
+    ]);
+    failed.expect_code(19);
+    assert!(
+        failed.stderr.contains("cannot connect to zmq://"),
+        "{failed:?}"
+    );
+    assert!(failed.stderr.contains("[transport]"), "{failed:?}");
+}
