@@ -196,3 +196,21 @@ fn rate_paces_the_senders() {
     assert!((0.19..5.0).contains(&send_s), "{report}");
     run(&["bench", "pubsub", "--rate", "0"]).expect_code(2);
 }
+
+#[test]
+fn acknowledged_queue_counts_every_item_once() {
+    let report = report(&[
+        "bench",
+        "queue",
+        "--ack",
+        "--msgs",
+        "2000",
+        "--subscribers",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(report["ack"], true);
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(report["busbar"]["received"], 2000, "{report}");
+    assert_eq!(report["busbar"]["duplicates"], 0, "{report}");
+}

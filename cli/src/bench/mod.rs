@@ -52,6 +52,11 @@ pub(crate) struct BenchArgs {
     /// Subscribers (pubsub), consumers (queue) or servers (rpc).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub(crate) subscribers: u64,
+    /// queue: consumers take items with an acknowledged receive and ack each one
+    /// (at least once) instead of a plain get (at most once). The raw baselines
+    /// have no acknowledgements and take items plainly.
+    #[arg(long)]
+    pub(crate) ack: bool,
     /// Messages per second each publisher, producer or caller sends (default: as
     /// fast as it can). A paced run measures latency without queueing.
     #[arg(long, value_name = "PER_SECOND", value_parser = parse_rate)]
@@ -90,6 +95,8 @@ pub(crate) struct Plan {
     pub(crate) idle: Duration,
     /// Messages per second per sender, if paced.
     pub(crate) rate: Option<f64>,
+    /// Queue consumers acknowledge each item.
+    pub(crate) ack: bool,
     /// Unique per run, so runs on a shared broker never see each other.
     pub(crate) run_id: String,
     /// Show a progress bar.
@@ -141,6 +148,7 @@ pub(crate) async fn run(args: BenchArgs) -> CmdResult {
         capacity: args.capacity.max(1),
         idle: args.idle,
         rate: args.rate,
+        ack: args.ack,
         run_id: format!(
             "{}x{}",
             std::process::id(),

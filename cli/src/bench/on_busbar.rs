@@ -36,17 +36,30 @@ impl EventSource for Subscriber {
     }
 }
 
-struct QueueEnd(Queue<Sample>);
+/// A queue end; `ack` makes the consumer take items with `receive` and
+/// acknowledge each (at least once) instead of `get` (at most once).
+struct QueueEnd {
+    queue: Queue<Sample>,
+    ack: bool,
+}
 
 impl Producer for QueueEnd {
     async fn put(&self, sample: &Sample) -> Result<(), String> {
-        self.0.put(sample).await.map_err(|e| e.to_string())
+        self.queue.put(sample).await.map_err(|e| e.to_string())
     }
 }
 
 impl Consumer for QueueEnd {
     async fn take(&mut self, wait: Duration) -> Result<Option<Sample>, String> {
-        self.0.get(wait).await.map_err(|e| e.to_string())
+        if !self.ack {
+            return self.queue.get(wait).await.map_err(|e| e.to_string());
+        }
+        let Some(delivery) = self.queue.receive(wait).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let sample = delivery.value().clone();
+        delivery.ack().await.map_err(|e| e.to_string())?;
+        Ok(Some(sample))
     }
 }
 
@@ -110,14 +123,14 @@ pub(crate) async fn run(plan: &Plan, url: &str, factory: Factory) -> CmdResult<O
         }
         crate::cli::Workload::Queue => {
             let name = plan.name("jobs");
-            let producers = senders
-                .iter()
-                .map(|bus| bus.queue::<Sample>(&name).map(QueueEnd))
-                .collect::<Result<Vec<_>, _>>()?;
-            let consumers = receivers
-                .iter()
-                .map(|bus| bus.queue::<Sample>(&name).map(QueueEnd))
-                .collect::<Result<Vec<_>, _>>()?;
+            let end = |bus: &Bus| {
+                bus.queue::<Sample>(&name).map(|queue| QueueEnd {
+                    queue,
+                    ack: plan.ack,
+                })
+            };
+            let producers = senders.iter().map(end).collect::<Result<Vec<_>, _>>()?;
+            let consumers = receivers.iter().map(end).collect::<Result<Vec<_>, _>>()?;
             harness::queue(plan, label, factory, producers, consumers).await
         }
         crate::cli::Workload::Rpc => {

@@ -94,6 +94,9 @@ pub(crate) fn table(plan: &Plan, size: usize, busbar: &Outcome, raw: Option<&Out
         counted(plan.subscribers, receivers),
         plan.inflight,
     );
+    if plan.ack && plan.workload == crate::cli::Workload::Queue {
+        out.insert_str(out.len() - 2, ", acknowledged");
+    }
     if let Some(rate) = plan.rate {
         out.insert_str(
             out.len() - 2,
@@ -177,6 +180,7 @@ pub(crate) fn json(
         "subscribers": plan.subscribers,
         "inflight": plan.inflight,
         "rate": plan.rate,
+        "ack": plan.ack,
         "complete": busbar.is_complete(),
         "busbar": busbar,
         "raw": raw,

@@ -205,6 +205,7 @@ pub fn bench(url: &str, raw_label: &str) {
         ("pubsub", &["--subscribers", "2"][..]),
         ("queue", &["--subscribers", "2", "--publishers", "2"][..]),
         ("rpc", &["--inflight", "4"][..]),
+        ("queue", &["--ack", "--subscribers", "2"][..]),
     ] {
         let mut args = vec!["bench", workload, "--msgs", "500", "--json", "--url", url];
         args.extend_from_slice(extra);
