@@ -79,7 +79,8 @@ pub fn subscriber(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// Serves a function over RPC and generates its typed client.
 ///
 /// The function, sync or async, takes any number of owned serde arguments (they
-/// travel as a JSON array; none travel as `null`) and returns a value or a
+/// travel as a JSON array; none travel as `null`), plus optionally `&Bus` (the bus
+/// it is served on, not sent by callers), and returns a value or a
 /// `Result<T, E>`: a return type whose last path segment is `Result` is taken as
 /// fallible. With `E: Display + Serialize`, callers get `Error::Remote` whose
 /// kind is the serde variant name; `busbar::Result<T>` and `Fault` work too.

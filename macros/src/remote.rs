@@ -33,7 +33,27 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         ));
     }
     signature::check_plain(sig, "remote")?;
-    let args = signature::typed_args(sig);
+    // `&Bus` parameters are given by the provider; the others travel.
+    let ctx = Ident::new("context", Span::mixed_site());
+    let mut args = Vec::new();
+    let mut call_values = Vec::new();
+    let mut wants_bus = false;
+    for arg in signature::typed_args(sig) {
+        if is_bus_ref(&arg.ty) {
+            if wants_bus {
+                return Err(error_at(
+                    &arg.ty,
+                    "a #[remote] function takes `&Bus` at most once: remove this parameter",
+                ));
+            }
+            wants_bus = true;
+            call_values.push(quote!(&#ctx));
+        } else {
+            let ident = &arg.ident;
+            call_values.push(quote!(#ident));
+            args.push(arg);
+        }
+    }
     signature::check_remote_args(&args)?;
     let returns = signature::returns(sig, "remote")?;
 
@@ -60,9 +80,22 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         None => format!("derived from its module path: `<modules after the crate name>.{fn_name}`"),
     };
 
-    let call = quote!(#fn_ident(#(#args_value),*));
+    let call = quote!(#fn_ident(#(#call_values),*));
     let body = handler_body(&returns, is_async, call);
     let bus = bus_ident(&args);
+    let bus_for_handler = Ident::new("bus_for_handler", Span::mixed_site());
+    let serve = if wants_bus {
+        quote! {
+            let #bus_for_handler = #p::Clone::clone(#bus);
+            #p::expose(#bus, Self::NAME, move |#args_pat: #args_ty| {
+                let #ctx = #p::Clone::clone(&#bus_for_handler);
+                #body
+            })
+            .await
+        }
+    } else {
+        quote!(#p::expose(#bus, Self::NAME, |#args_pat: #args_ty| #body).await)
+    };
     let call_params = args.iter().map(|Arg { ident, ty }| quote!(#ident: #ty));
     let asserts = remote_asserts(&args, sig);
 
@@ -107,7 +140,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
             /// Serves the function on `bus` until the returned provider is dropped.
             pub async fn serve(#bus: &#p::Bus) -> #p::Result<#p::Provider> {
-                #p::expose(#bus, Self::NAME, |#args_pat: #args_ty| #body).await
+                #serve
             }
 
             fn __start(#bus: &#p::Bus) -> #p::BoxFuture<'_, #p::Result<#p::Running>> {
@@ -122,6 +155,20 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             #p::inventory::submit! { #fn_ident::ENDPOINT }
         };
     })
+}
+
+/// Whether `ty` is `&Bus` (any path ending in `Bus`).
+pub(crate) fn is_bus_ref(ty: &syn::Type) -> bool {
+    match ty {
+        syn::Type::Reference(reference) if reference.mutability.is_none() => match &*reference.elem
+        {
+            syn::Type::Path(path) => {
+                path.qself.is_none() && path.path.segments.last().is_some_and(|s| s.ident == "Bus")
+            }
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// `(a, b,)` as a pattern, its type and the values, for the JSON array of arguments.

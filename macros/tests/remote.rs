@@ -69,6 +69,28 @@ fn echo_bus(bus: String) -> String {
     bus
 }
 
+#[derive(Debug, PartialEq, Serialize, Deserialize, busbar::Event)]
+#[event(topic = "inventory.reserved")]
+struct Reserved {
+    sku: String,
+}
+
+/// Takes the bus it is served on; `&Bus` is not an argument on the wire.
+#[busbar::remote(name = "inventory.announce")]
+async fn announce(sku: String, bus: &Bus) -> busbar::Result<u32> {
+    bus.publish(&Reserved { sku }).await?;
+    Ok(1)
+}
+
+#[busbar::remote(name = "checks.open")]
+fn open(bus: &Bus, n: u32) -> u32 {
+    if bus.is_closed() {
+        0
+    } else {
+        n
+    }
+}
+
 async fn bus(name: &str) -> Bus {
     Bus::connect(&format!("memory://macros-remote-{name}"))
         .await
@@ -125,6 +147,25 @@ async fn errors_arrive_with_their_kind() {
         }
         other => panic!("expected a remote error, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_remote_function_may_take_the_bus() {
+    use futures::StreamExt;
+    let bus = bus("with-bus").await;
+    let mut reserved = bus.subscribe::<Reserved>().await.unwrap();
+    let _announce = announce::serve(&bus).await.unwrap();
+    let _open = open::serve(&bus).await.unwrap();
+    assert_eq!(announce::call(&bus, "lamp".into()).await.unwrap(), 1);
+    let event = tokio::time::timeout(Duration::from_secs(5), reserved.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event, Reserved { sku: "lamp".into() });
+    assert_eq!(open::call(&bus, 5).await.unwrap(), 5);
+    let raw = bus.stub::<(u32,), u32>("checks.open").unwrap();
+    assert_eq!(raw.call(&(6,)).await.unwrap(), 6);
 }
 
 #[tokio::test]

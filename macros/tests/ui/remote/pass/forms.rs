@@ -43,6 +43,12 @@ async fn patterns(Point { x, y }: Point, (a, b): (u8, u8), _: bool) -> i32 {
     x + y + i32::from(a) + i32::from(b)
 }
 
+#[busbar::remote]
+async fn with_bus(count: u32, bus: &busbar::Bus) -> busbar::Result<u32> {
+    bus.publish_to("counts", &count).await?;
+    Ok(count)
+}
+
 async fn client(bus: &busbar::Bus) -> busbar::Result<()> {
     let _: i64 = math::product::call(bus, 6, 7).await?;
     let _: Vec<busbar::Result<u32>> = reserve::stub(bus)
@@ -51,6 +57,7 @@ async fn client(bus: &busbar::Bus) -> busbar::Result<()> {
     nothing::call(bus).await?;
     let _: Vec<Point> = fallible::call(bus).await?;
     let _: i32 = patterns::call(bus, Point { x: 1, y: 1 }, (1, 2), true).await?;
+    let _: u32 = with_bus::call(bus, 1).await?;
     Ok(())
 }
 
