@@ -56,9 +56,22 @@ pub(crate) struct PubArgs {
     /// Publish the argument N times, or at most N lines of stdin.
     #[arg(long, short = 'n')]
     pub(crate) count: Option<u64>,
+    /// A header to send with each event (repeatable): -H trace=abc -H source=cli.
+    #[arg(long = "header", short = 'H', value_name = "KEY=VALUE", value_parser = parse_header)]
+    pub(crate) headers: Vec<(String, String)>,
     /// How to reach the bus.
     #[command(flatten)]
     pub(crate) connect: Connect,
+}
+
+/// Parses `KEY=VALUE`.
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 /// `busbar sub`.
@@ -223,6 +236,27 @@ impl Workload {
             Workload::Queue => "queue",
             Workload::Rpc => "rpc",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_parse() {
+        assert_eq!(
+            parse_header("trace=a=b").unwrap(),
+            ("trace".to_owned(), "a=b".to_owned())
+        );
+        assert!(parse_header("nothing").is_err());
+        assert!(parse_header("=x").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }
 

@@ -5,19 +5,23 @@ use crate::cli::{PubArgs, SubArgs};
 use crate::exit::{CmdResult, Context};
 use crate::input::Values;
 use crate::output::{message_json, print_json, status};
-use busbar::{redact_url, Error, Pattern, SubscribeOptions};
+use busbar::{
+    redact_url, Bus, ContentType, Envelope, Error, Kind, Name, Pattern, Stats, SubscribeOptions,
+    DEFAULT_MAX_PAYLOAD,
+};
 use futures::StreamExt;
+use serde_json::Value;
 
 /// Publishes the argument (or stdin's lines) on the topic.
 pub(crate) async fn publish(args: PubArgs) -> CmdResult {
     // Check the input before connecting, so a typo costs no connection.
     let mut values = Values::new(args.json.as_deref(), args.count)?;
-    busbar::Name::new(&args.topic)?;
+    Name::new(&args.topic)?;
     let bus = connect(&args.connect).await?;
     let mut published = 0u64;
     let outcome = async {
         while let Some(value) = values.next().await? {
-            bus.publish_to(&args.topic, &value)
+            publish_one(&bus, &args, &value)
                 .await
                 .context(|| format!("publish to {} failed", args.topic))?;
             published += 1;
@@ -28,6 +32,32 @@ pub(crate) async fn publish(args: PubArgs) -> CmdResult {
     let finished = finish(&bus, &args.connect).await;
     status(&format!("published {published} events to {}", args.topic));
     outcome.and(finished)
+}
+
+/// Publishes one value: through the typed API, or as an envelope when it
+/// carries headers.
+async fn publish_one(bus: &Bus, args: &PubArgs, value: &Value) -> busbar::Result<()> {
+    if args.headers.is_empty() {
+        return bus.publish_to(&args.topic, value).await;
+    }
+    let payload = busbar::codec::encode(value)?;
+    if payload.len() > DEFAULT_MAX_PAYLOAD {
+        return Err(Error::TooLarge {
+            size: payload.len(),
+            limit: DEFAULT_MAX_PAYLOAD,
+        });
+    }
+    let mut envelope = Envelope::new(
+        Kind::Event,
+        Name::new(&args.topic)?,
+        ContentType::JSON,
+        payload,
+    );
+    envelope.headers = args.headers.clone();
+    let transport = bus.transport();
+    transport.publish(envelope).await?;
+    Stats::incr(&transport.stats().published);
+    Ok(())
 }
 
 /// Prints each matching event as a JSON line until interrupted or `--count`.

@@ -24,6 +24,10 @@ pub fn pub_sub(url: &str) {
         "pub",
         &format!("{base}.created"),
         "{\"id\":1}",
+        "-H",
+        "trace=abc=1",
+        "--header",
+        "source=cli",
         "--url",
         url,
     ]);
@@ -38,7 +42,9 @@ pub fn pub_sub(url: &str) {
     let events: Vec<Value> = (0..3).map(|_| sub.next_json()).collect();
     assert_eq!(events[0]["topic"], json!(format!("{base}.created")));
     assert_eq!(events[0]["payload"], json!({"id": 1}));
-    assert!(events[0]["headers"].is_object());
+    assert_eq!(events[0]["headers"]["trace"], "abc=1", "{}", events[0]);
+    assert_eq!(events[0]["headers"]["source"], "cli", "{}", events[0]);
+    assert!(events[1]["headers"].is_object());
     assert_eq!(events[1]["topic"], json!(format!("{base}.paid")));
     assert_eq!(events[1]["payload"], json!({"id": 2}));
     assert_eq!(events[2]["payload"], json!("text"));
