@@ -239,6 +239,9 @@ impl Workload {
     }
 }
 
+/// Where `--plot` writes.
+pub(crate) type PlotPath = PathBuf;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +262,3 @@ mod tests {
         Cli::command().debug_assert();
     }
 }
-
-/// Where `--plot` writes.
-pub(crate) type PlotPath = PathBuf;
