@@ -78,6 +78,34 @@ pub(crate) struct Waiter {
     pub(crate) tx: oneshot::Sender<Answer>,
     /// Survives a reconnect (subscribe/serve confirmations, which replay answers).
     pub(crate) durable: bool,
+    /// A consumer's fetch, asked again of the next broker after a reconnect.
+    pub(crate) refetch: Option<Refetch>,
+}
+
+/// What it takes to ask a fetch again: until its deadline, with its visibility.
+#[derive(Clone)]
+pub(crate) struct Refetch {
+    pub(crate) queue: Name,
+    pub(crate) deadline: tokio::time::Instant,
+    pub(crate) visibility: Duration,
+}
+
+impl Refetch {
+    /// The FETCH for request `req`, with the time left; `None` once it expired.
+    pub(crate) fn frames(&self, req: u64) -> Option<Vec<Bytes>> {
+        let left = self
+            .deadline
+            .checked_duration_since(tokio::time::Instant::now())?;
+        Some(protocol::message(
+            cmd::FETCH,
+            [
+                protocol::u64_frame(req),
+                protocol::text_frame(&self.queue),
+                protocol::u32_frame(millis(left)),
+                protocol::u32_frame(millis(self.visibility)),
+            ],
+        ))
+    }
 }
 
 /// State shared by the bus handle, its guards and the connection task.
@@ -150,7 +178,14 @@ impl Shared {
 
     pub(crate) fn register(&self, req: u64, durable: bool) -> Pending<'_> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.waiters).insert(req, Waiter { tx, durable });
+        lock(&self.waiters).insert(
+            req,
+            Waiter {
+                tx,
+                durable,
+                refetch: None,
+            },
+        );
         Pending {
             shared: self,
             req,
@@ -288,6 +323,11 @@ impl ZmqBus {
             return Err(shared.not_connected());
         }
         let req = shared.id();
+        let refetch = Refetch {
+            queue: queue.clone(),
+            deadline: tokio::time::Instant::now() + timeout,
+            visibility,
+        };
         let frames = protocol::message(
             cmd::FETCH,
             [
@@ -299,6 +339,10 @@ impl ZmqBus {
         );
         let mut pending = shared.register(req, false);
         pending.cancel = true;
+        // A consumer survives a lost broker: the fetch is asked again of the next one.
+        if let Some(waiter) = lock(&shared.waiters).get_mut(&req) {
+            waiter.refetch = Some(refetch);
+        }
         shared.command(frames, Some(req));
         match pending
             .answer(timeout + shared.config.op_timeout, shared)

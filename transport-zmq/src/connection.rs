@@ -188,6 +188,19 @@ pub(crate) async fn run(
                 ],
             ));
         }
+        // Then the consumers still waiting, each with the time it has left.
+        let mut expired = Vec::new();
+        for (req, waiter) in lock(&shared.waiters).iter() {
+            if let Some(refetch) = &waiter.refetch {
+                match refetch.frames(*req) {
+                    Some(frames) => replay.push(frames),
+                    None => expired.push(*req),
+                }
+            }
+        }
+        for req in expired {
+            let _ = shared.answer(req, Answer::Empty);
+        }
         for frames in replay.into_iter().rev() {
             backlog.push_front(Outbound::Command { frames, req: None });
         }
@@ -205,7 +218,13 @@ fn park(
     match item {
         Outbound::Publish(..) => backlog.push_back(item),
         Outbound::Command { req: Some(req), .. } => {
-            let _ = shared.answer(req, Answer::Lost);
+            // Fetches are asked again after the reconnect; other requests fail.
+            let refetch = lock(&shared.waiters)
+                .get(&req)
+                .is_some_and(|w| w.refetch.is_some());
+            if !refetch {
+                let _ = shared.answer(req, Answer::Lost);
+            }
         }
         Outbound::Command { req: None, .. } => {}
         Outbound::Bye(done) => *bye = Some(done),
@@ -216,7 +235,7 @@ fn park(
 fn fail_in_flight(shared: &Shared) {
     let failed: Vec<u64> = lock(&shared.waiters)
         .iter()
-        .filter(|(_, w)| !w.durable)
+        .filter(|(_, w)| !w.durable && w.refetch.is_none())
         .map(|(req, _)| *req)
         .collect();
     for req in failed {

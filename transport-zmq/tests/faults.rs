@@ -707,3 +707,30 @@ async fn a_dropped_provider_bus_fails_its_calls_in_flight() {
         started.elapsed()
     );
 }
+
+/// A consumer blocked in `get` when the broker restarts keeps waiting on the
+/// new broker (its fetch is asked again) and gets an item put there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_consumer_survives_a_broker_restart() {
+    let first = broker().await;
+    let endpoint = first.endpoint().to_owned();
+    let consumer = bus(&first.url()).await;
+    let producer = bus(&first.url()).await;
+    let blocked = consumer.queue::<u32>("restart.blocked").unwrap();
+    let mut waiting = Box::pin(blocked.get(Duration::from_secs(20)));
+    // Polled once, the get has sent its fetch; it is at the broker once a LEN
+    // sent after it on the same bus was answered.
+    assert!(futures::poll!(&mut waiting).is_pending());
+    blocked.len().await.unwrap();
+    first.shutdown().await;
+    let _second = Broker::bind_with(&endpoint, fast()).await.unwrap();
+    let queue = producer.queue::<u32>("restart.blocked").unwrap();
+    within("a put on the new broker", async {
+        while queue.put(&5).await.is_err() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(within("the blocked get", waiting).await.unwrap(), Some(5));
+    assert!(consumer.stats().reconnects >= 1);
+}
