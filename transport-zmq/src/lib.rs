@@ -16,6 +16,30 @@
 //! by the broker, which holds the acknowledgement back while a subscriber is
 //! slow, so nothing is dropped between processes; a subscriber that falls behind
 //! its own buffer is told how many events it missed.
+//!
+//! ```no_run
+//! # async fn demo() -> busbar_core::Result<()> {
+//! use busbar_zmq as _; // links the `zmq://` connector
+//! let broker = busbar_zmq::Broker::bind("tcp://127.0.0.1:0").await?;
+//! let bus = busbar_core::Bus::connect(&broker.url()).await?;
+//! bus.publish_to("orders.created", &42).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees and limits
+//! - Events: at most once, in order per publisher; a subscription is live when
+//!   `subscribe` returns. Events a broker received and lost when it died are gone.
+//! - Queues live in the broker's memory: they outlive clients, not the broker.
+//!   `receive` is at least once (nack, visibility timeout, lost consumer);
+//!   `get` hands the item over as it leaves the broker.
+//! - RPC: a call held by a provider that dies fails at once with
+//!   `Error::Transport`; one whose provider left gracefully moves to another.
+//! - Losing the broker: the bus reconnects with backoff (50 ms to 2 s), restores
+//!   subscriptions, providers and waiting consumers, and buffers publishes up to
+//!   [`ZmqConfig::publish_buffer`]; other requests in flight fail with
+//!   `Error::Transport`.
+//! - No authentication or encryption at the ZeroMQ level (NULL mechanism): sign
+//!   or seal envelopes for that.
 #![deny(missing_docs)]
 
 mod broker;
