@@ -146,7 +146,11 @@ pub(crate) async fn run(args: BenchArgs) -> CmdResult {
         publishers: args.publishers as usize,
         subscribers: args.subscribers as usize,
         capacity: args.capacity.max(1),
-        idle: args.idle,
+        // A paced receiver legitimately waits one period between messages.
+        idle: match args.rate {
+            Some(rate) => args.idle.max(Duration::from_secs_f64(2.0 / rate)),
+            None => args.idle,
+        },
         rate: args.rate,
         ack: args.ack,
         run_id: format!(
