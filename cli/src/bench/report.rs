@@ -66,7 +66,13 @@ const ROWS: &[Row] = &[
 fn ratio(row: &str, busbar: &Outcome, raw: &Outcome) -> String {
     let r = |a: f64, b: f64| {
         if a > 0.0 && b > 0.0 {
-            format!("x{:.2}", a / b)
+            let ratio = a / b;
+            // Keep small ratios readable: x0.0027, not x0.00.
+            if ratio >= 0.1 {
+                format!("x{ratio:.2}")
+            } else {
+                format!("x{ratio:.4}")
+            }
         } else {
             "-".to_owned()
         }
@@ -192,6 +198,28 @@ pub(crate) fn json(
 mod tests {
     use super::*;
 
+    fn sample_outcome() -> Outcome {
+        Outcome {
+            label: "x".into(),
+            sent: 0,
+            send_errors: 0,
+            expected: 0,
+            received: 0,
+            duplicates: 0,
+            lost: 0,
+            lagged: 0,
+            errors: 0,
+            first_error: None,
+            duration_s: 1.0,
+            send_s: 1.0,
+            drain_s: 0.0,
+            throughput: 1.0,
+            latency_us: Default::default(),
+            timeline: Vec::new(),
+            histogram: hdrhistogram::Histogram::new(3).unwrap(),
+        }
+    }
+
     #[test]
     fn formats_numbers() {
         assert_eq!(thousands(0), "0");
@@ -200,6 +228,13 @@ mod tests {
         assert_eq!(micros(12.34), "12.3 µs");
         assert_eq!(micros(1500.0), "1.50 ms");
         assert_eq!(counted(1, "servers"), "1 server");
+        let mut fast = sample_outcome();
+        let mut slow = sample_outcome();
+        fast.latency_us.p99 = 11.8;
+        slow.latency_us.p99 = 4340.0;
+        assert_eq!(ratio("latency p99", &fast, &slow), "x0.0027");
+        assert_eq!(ratio("latency p99", &slow, &fast), "x367.80");
+        assert_eq!(ratio("sent", &slow, &fast), "");
         assert_eq!(counted(3, "callers"), "3 callers");
     }
 }
