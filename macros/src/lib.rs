@@ -146,7 +146,8 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// On an inherent `impl` block: every method taking `&self` that is not private
 /// (`pub`, `pub(crate)`, ...) is served, and so is a private one marked
-/// `#[remote]`; other methods are left alone. The prefix is
+/// `#[remote]`; other methods are left alone. Arguments follow the `#[remote]`
+/// rules, `&Bus` included. The prefix is
 /// `#[service(prefix = "shop.inventory")]`, or by default the type name in
 /// snake_case. Start it with `bus.serve(value)` (or `bus.serve(arc)` to keep a
 /// handle, or `bus.serve_as(value, prefix)` for several instances).

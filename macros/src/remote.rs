@@ -33,27 +33,8 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         ));
     }
     signature::check_plain(sig, "remote")?;
-    // `&Bus` parameters are given by the provider; the others travel.
     let ctx = Ident::new("context", Span::mixed_site());
-    let mut args = Vec::new();
-    let mut call_values = Vec::new();
-    let mut wants_bus = false;
-    for arg in signature::typed_args(sig) {
-        if is_bus_ref(&arg.ty) {
-            if wants_bus {
-                return Err(error_at(
-                    &arg.ty,
-                    "a #[remote] function takes `&Bus` at most once: remove this parameter",
-                ));
-            }
-            wants_bus = true;
-            call_values.push(quote!(&#ctx));
-        } else {
-            let ident = &arg.ident;
-            call_values.push(quote!(#ident));
-            args.push(arg);
-        }
-    }
+    let (args, call_values, wants_bus) = split_bus(sig, &ctx)?;
     signature::check_remote_args(&args)?;
     let returns = signature::returns(sig, "remote")?;
 
@@ -155,6 +136,34 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             #p::inventory::submit! { #fn_ident::ENDPOINT }
         };
     })
+}
+
+/// The typed arguments that travel, the values to call the function with (in its
+/// parameter order, `&Bus` given as `&#ctx`), and whether it takes `&Bus`.
+pub(crate) fn split_bus(
+    sig: &syn::Signature,
+    ctx: &Ident,
+) -> syn::Result<(Vec<Arg>, Vec<TokenStream>, bool)> {
+    let mut args = Vec::new();
+    let mut call_values = Vec::new();
+    let mut wants_bus = false;
+    for arg in signature::typed_args(sig) {
+        if is_bus_ref(&arg.ty) {
+            if wants_bus {
+                return Err(error_at(
+                    &arg.ty,
+                    "a #[remote] function takes `&Bus` at most once: remove this parameter",
+                ));
+            }
+            wants_bus = true;
+            call_values.push(quote!(&#ctx));
+        } else {
+            let ident = &arg.ident;
+            call_values.push(quote!(#ident));
+            args.push(arg);
+        }
+    }
+    Ok((args, call_values, wants_bus))
 }
 
 /// Whether `ty` is `&Bus` (any path ending in `Bus`).

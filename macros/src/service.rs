@@ -1,7 +1,7 @@
 //! `#[service]`: serves the methods of a value over RPC, with a typed client.
 
 use crate::names::{check_lit, error, error_at, snake_case, NameKind};
-use crate::remote::{args_tuple, handler_body, remote_asserts, tuple_of};
+use crate::remote::{args_tuple, handler_body, remote_asserts, split_bus, tuple_of};
 use crate::signature::{self, Arg, Returns};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
@@ -12,7 +12,12 @@ use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl, LitStr, Type, Visibility};
 struct Method {
     ident: syn::Ident,
     name: String,
+    /// The arguments that travel (not `&Bus`).
     args: Vec<Arg>,
+    /// The values the method is called with, `&Bus` included.
+    call_values: Vec<TokenStream>,
+    /// Whether the method takes `&Bus`.
+    wants_bus: bool,
     returns: Returns,
     is_async: bool,
     sig: syn::Signature,
@@ -95,6 +100,8 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             ident,
             name,
             args,
+            call_values,
+            wants_bus,
             returns,
             is_async,
             sig,
@@ -102,18 +109,30 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         } = method;
         let (args_pat, args_ty, values) = args_tuple(args);
         let values_tuple = tuple_of(&values);
-        let body = handler_body(returns, *is_async, quote!(this.#ident(#(#values),*)));
+        let body = handler_body(returns, *is_async, quote!(this.#ident(#(#call_values),*)));
         let clone_this = if *is_async {
             quote!(let this = #p::Clone::clone(&this);)
         } else {
             quote!(let this = &this;)
         };
+        let ctx = context_ident();
+        let bus_for_handler = syn::Ident::new("bus_for_handler", proc_macro2::Span::mixed_site());
+        let (outer, inner) = if *wants_bus {
+            (
+                quote!(let #bus_for_handler = #p::Clone::clone(bus);),
+                quote!(let #ctx = #p::Clone::clone(&#bus_for_handler);),
+            )
+        } else {
+            (quote!(), quote!())
+        };
         serve.extend(quote! {
             {
+                #outer
                 let this = #p::Clone::clone(&self);
                 let name = #p::method_name(prefix, #name);
                 let provider = #p::expose(bus, &name, move |#args_pat: #args_ty| {
                     #clone_this
+                    #inner
                     #body
                 })
                 .await?;
@@ -215,6 +234,11 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     })
 }
 
+/// The hygienic name of the `&Bus` given to methods that take it.
+fn context_ident() -> syn::Ident {
+    syn::Ident::new("context", proc_macro2::Span::mixed_site())
+}
+
 /// The method, if the service exposes it; strips a `#[remote]` marker.
 fn exposed(function: &mut ImplItemFn) -> syn::Result<Option<Method>> {
     let mut marked = false;
@@ -268,7 +292,7 @@ fn exposed(function: &mut ImplItemFn) -> syn::Result<Option<Method>> {
         ));
     }
     signature::check_plain(sig, "service")?;
-    let args = signature::typed_args(sig);
+    let (args, call_values, wants_bus) = split_bus(sig, &context_ident())?;
     signature::check_remote_args(&args)?;
     let returns = signature::returns(sig, "service")?;
     let docs = function
@@ -281,6 +305,8 @@ fn exposed(function: &mut ImplItemFn) -> syn::Result<Option<Method>> {
         ident: sig.ident.clone(),
         name: sig.ident.unraw().to_string(),
         args,
+        call_values,
+        wants_bus,
         returns,
         is_async: sig.asyncness.is_some(),
         sig: sig.clone(),

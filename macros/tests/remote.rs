@@ -233,6 +233,12 @@ impl Counter {
         self.value.load(Ordering::SeqCst)
     }
 
+    /// Takes the bus it is served on.
+    pub(crate) async fn announce(&self, sku: String, bus: &Bus) -> busbar::Result<u32> {
+        bus.publish(&Reserved { sku }).await?;
+        Ok(self.value.load(Ordering::SeqCst))
+    }
+
     /// Fails on purpose.
     pub(crate) fn fail(&self, sku: String) -> Result<(), StockError> {
         Err(StockError::OutOfStock { sku })
@@ -253,14 +259,19 @@ impl Counter {
 async fn a_service_serves_its_methods_under_a_prefix() {
     use busbar::Service;
     assert_eq!(Counter::PREFIX, "counter");
-    assert_eq!(Counter::METHODS, ["add", "get", "fail"]);
+    assert_eq!(Counter::METHODS, ["add", "get", "announce", "fail"]);
 
     let bus = bus("service").await;
     let counter = Arc::new(Counter::new());
     let served = bus.serve(Arc::clone(&counter)).await.unwrap();
     assert_eq!(
         served.names().collect::<Vec<_>>(),
-        ["counter.add", "counter.get", "counter.fail"]
+        [
+            "counter.add",
+            "counter.get",
+            "counter.announce",
+            "counter.fail"
+        ]
     );
 
     let client = CounterClient::new(&bus).timeout(Duration::from_secs(5));
@@ -274,6 +285,17 @@ async fn a_service_serves_its_methods_under_a_prefix() {
     }
     let by_name = bus.stub::<(u32,), u32>("counter.add").unwrap();
     assert_eq!(by_name.call(&(1,)).await.unwrap(), 6);
+    let mut reserved = bus.subscribe::<Reserved>().await.unwrap();
+    assert_eq!(client.announce("desk".into()).await.unwrap(), 6);
+    let event = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::StreamExt::next(&mut reserved),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    assert_eq!(event, Reserved { sku: "desk".into() });
 }
 
 #[tokio::test]
