@@ -401,7 +401,7 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let setup = &setup;
-        // BENCH_ONLY=rpc1|rpc64|queue runs one busbar workload (for profiling).
+        // BENCH_ONLY=rpc1|rpc64|queue|queue-split|probe runs one busbar workload (for profiling).
         match std::env::var("BENCH_ONLY").as_deref() {
             Ok("rpc64") => {
                 let calls = count(100_000.0);
@@ -440,6 +440,48 @@ fn main() {
                 println!(
                     "no-responder calls {nobody:.0}/s, raw PUBLISH round trips {publish:.0}/s"
                 );
+                return;
+            }
+            Ok("queue-split") => {
+                let url = setup.url();
+                let n = 20_000u64;
+                let mut buses = Vec::new();
+                for _ in 0..4 {
+                    buses.push(setup.bus(&url).await);
+                }
+                let start = Instant::now();
+                let tasks: Vec<_> = buses
+                    .iter()
+                    .map(|bus| {
+                        let q = bus.queue::<Tick>("bench.split").unwrap();
+                        tokio::spawn(async move {
+                            for seq in 0..n / 4 {
+                                q.put(&tick(seq)).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                let puts = n as f64 / start.elapsed().as_secs_f64();
+                let start = Instant::now();
+                let tasks: Vec<_> = buses
+                    .iter()
+                    .map(|bus| {
+                        let q = bus.queue::<Tick>("bench.split").unwrap();
+                        tokio::spawn(async move {
+                            for _ in 0..n / 4 {
+                                q.get(Duration::from_secs(1)).await.unwrap().unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                let gets = n as f64 / start.elapsed().as_secs_f64();
+                println!("4 producers alone: {puts:.0} puts/s; 4 consumers of a full queue: {gets:.0} gets/s");
                 return;
             }
             Ok("queue") => {

@@ -386,6 +386,8 @@ pub(crate) enum Job {
     },
     /// Any command whose reply nobody waits for.
     Command(redis::Cmd),
+    /// Several such commands, sent together in this order.
+    Commands(Box<[redis::Cmd]>),
     /// Answered once everything queued before it was sent.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -485,6 +487,11 @@ async fn write_loop(link: Arc<CommandLink>, mut rx: mpsc::Receiver<Job>, outage_
                 }
                 Job::Command(cmd) => {
                     pipe.add_command(cmd).ignore();
+                }
+                Job::Commands(cmds) => {
+                    for cmd in cmds.into_vec() {
+                        pipe.add_command(cmd).ignore();
+                    }
                 }
                 Job::Flush(done) => flushed.push(done),
             }

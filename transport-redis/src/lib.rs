@@ -11,8 +11,9 @@
 //! - **Events** are `PUBLISH`ed on `<namespace>:e:<topic>` by one ordered writer
 //!   that pipelines concurrent publishes; wildcard subscriptions `PSUBSCRIBE` a
 //!   coarser glob and filter exactly on the client ([`pubsub`]).
-//! - **Queues** are lists with an in-flight table and a visibility timeout; every
-//!   take is atomic on the server, so no item is ever lost ([`queue`]).
+//! - **Queues** are lists with an in-flight table and a visibility timeout; a take
+//!   moves the item into the in-flight table on the server before the reply
+//!   leaves, so no item is ever lost, only redelivered ([`queue`]).
 //! - **RPC** pushes a request onto a per-method list popped by one provider, and
 //!   `call_all` publishes to every provider, counting the receivers ([`rpc`]).
 //! - A lost connection is restored with backoff, and every subscription, queue
@@ -34,6 +35,17 @@
 //! | `tls_cert`, `tls_key` | none | `rediss://`: client certificate and key (PEM files) |
 //!
 //! The connection always speaks RESP3 with `TCP_NODELAY`.
+//!
+//! # Guarantees
+//!
+//! - Events: at most once (Redis pub/sub keeps nothing for a disconnected
+//!   subscriber); in order per publisher; live when `subscribe` returns.
+//! - Queue items: at least once; an item stays until acknowledged, for as long as
+//!   Redis keeps data (its persistence settings).
+//! - RPC: each call reaches at most one provider; `NoResponders` after one round
+//!   trip when nobody serves the method.
+//!
+//! Redis Cluster (`redis+cluster://`) is not supported yet.
 #![deny(missing_docs)]
 
 mod connection;

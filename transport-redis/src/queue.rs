@@ -425,11 +425,9 @@ async fn parse_taken(bus: &Arc<Shared>, base: &str, value: Value) -> Option<Take
 
 /// Acknowledges through the ordered writer, without waiting for Redis.
 async fn settle_later(bus: &Shared, base: &str, id: &[u8; 16]) {
-    for cmd in settle_commands(base, id) {
-        if let Err(err) = bus.writer.send(Job::Command(cmd)).await {
-            tracing::warn!(%err, "could not acknowledge a queue item; it will be delivered again");
-            return;
-        }
+    let job = Job::Commands(settle_commands(base, id).into());
+    if let Err(err) = bus.writer.send(job).await {
+        tracing::warn!(%err, "could not acknowledge a queue item; it will be delivered again");
     }
 }
 

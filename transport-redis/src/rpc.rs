@@ -327,6 +327,7 @@ impl Provider {
         reply_to: String,
         request: Envelope,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        inline: bool,
     ) {
         let handler = self.handler.clone();
         let method = self.method.clone();
@@ -335,9 +336,14 @@ impl Provider {
             let reply = respond(handler.as_ref(), request, &bus.stats).await;
             (bus, reply)
         });
-        // A handler that answers at once is not worth a task: its reply goes
-        // out through the ordered writer without waiting.
-        if let Some((bus, reply)) = (&mut answer).now_or_never() {
+        // In the pop loop, a handler that answers at once is not worth a task:
+        // its reply goes out through the ordered writer without waiting.
+        let ready = if inline {
+            (&mut answer).now_or_never()
+        } else {
+            None
+        };
+        if let Some((bus, reply)) = ready {
             drop(permit);
             if let Some(reply) = reply {
                 let providers = bus.providers.get(&method).map(|n| *n).unwrap_or(1);
@@ -358,16 +364,19 @@ impl Provider {
         });
     }
 
+    /// Answers one request frame; `inline` lets a handler that completes at
+    /// once run here (never on a connection's reader).
     fn accept(
         &self,
         bus: &Arc<Shared>,
         frame: &Bytes,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        inline: bool,
     ) {
         let Some((reply_to, request)) = decode_request(bus, frame, &self.method) else {
             return;
         };
-        self.spawn_answer(bus.clone(), reply_to, request, permit);
+        self.spawn_answer(bus.clone(), reply_to, request, permit, inline);
     }
 }
 
@@ -465,7 +474,7 @@ impl Route for Provider {
         }
         if let Some(bus) = self.bus.upgrade() {
             if bus.check_open().is_ok() {
-                self.accept(&bus, payload, None);
+                self.accept(&bus, payload, None, false);
             }
         }
     }
@@ -725,7 +734,7 @@ async fn pop_loop(
                         Some(permit) => Some(permit),
                         None => permits.clone().try_acquire_owned().ok(),
                     };
-                    provider.accept(&bus, &Bytes::from(item), permit);
+                    provider.accept(&bus, &Bytes::from(item), permit, true);
                 }
             }
             Ok(Err(err)) => {
