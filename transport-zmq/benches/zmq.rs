@@ -83,9 +83,13 @@ async fn events_part(url: &str, n: usize) {
     let cpu = Cpu::start();
     let (raw, lost) = raw_pub_sub(n).await;
     println!(
-        "events: busbar {events:.0}/s, none lost unreported, CPU {cpu_per_event:.2} us/event | raw PUB->SUB {raw:.0}/s received, {lost} of {n} lost silently, CPU {:.2} us/event | ratio {:.2}",
+        "events: busbar {events:.0}/s, none lost unreported, CPU {cpu_per_event:.2} us/event | raw PUB->SUB {raw:.0}/s received, {lost} of {n} lost silently, CPU {:.2} us/event | ratio {}",
         cpu.per_op(n),
-        events / raw
+        if raw > 0.0 {
+            format!("{:.2}", events / raw)
+        } else {
+            "n/a".to_owned()
+        }
     );
 }
 
@@ -237,7 +241,8 @@ async fn raw_pub_sub(n: usize) -> (f64, usize) {
     let mut received = 0usize;
     let mut last = started;
     while received < n {
-        match tokio::time::timeout(Duration::from_millis(500), subscriber.recv()).await {
+        // Stop when nothing more came for a while: what is missing then was dropped.
+        match tokio::time::timeout(Duration::from_secs(2), subscriber.recv()).await {
             Ok(Ok(message)) => {
                 if message.get(0).is_some_and(|f| f.as_ref() != b"probe") {
                     received += 1;
