@@ -163,6 +163,9 @@ impl Stream for MailboxReceiver {
     type Item = Incoming;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+        // Take part in tokio's cooperative budget like its own channels do, so a
+        // subscriber with a full mailbox still lets its runtime run other tasks.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let this = &mut *self;
         if this.batch.is_empty() {
             let mut state = this.shared.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -181,6 +184,7 @@ impl Stream for MailboxReceiver {
             }
             std::mem::swap(&mut state.queue, &mut this.batch);
         }
+        coop.made_progress();
         let item = this.batch.pop_front();
         if let Some(Incoming::Message(_)) = item {
             this.shared.messages.fetch_sub(1, Ordering::AcqRel);

@@ -126,12 +126,14 @@ impl EventBus for MemoryBus {
 
     async fn publish(&self, event: Envelope) -> Result<()> {
         self.check_open()?;
+        cooperate().await;
         self.hub.subscriptions.publish(&event);
         Ok(())
     }
 
     async fn publish_reaching(&self, event: Envelope) -> Result<Option<usize>> {
         self.check_open()?;
+        cooperate().await;
         Ok(Some(self.hub.subscriptions.publish(&event)))
     }
 
@@ -162,6 +164,7 @@ impl EventBus for MemoryBus {
 
     async fn queue_put(&self, item: Envelope) -> Result<()> {
         self.check_open()?;
+        cooperate().await;
         self.hub.queue(&item.subject).put(item);
         Ok(())
     }
@@ -275,6 +278,14 @@ impl Drop for MemoryBus {
                 .remove_where(None, |e| e.owner == self.id),
         );
     }
+}
+
+/// Publishing in-process never waits for anything, so without this a tight
+/// publish loop would never yield: the subscribers it wakes (queued behind it on
+/// the same worker) could not run, and would lag. This spends one unit of the
+/// task's tokio budget and yields when it is used up, as tokio's channels do.
+async fn cooperate() {
+    tokio::task::coop::consume_budget().await;
 }
 
 struct MemoryConnector;
