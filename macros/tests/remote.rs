@@ -53,7 +53,7 @@ fn ping() -> String {
 
 #[busbar::remote(name = "checks.even")]
 fn even(n: u32) -> busbar::Result<u32> {
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         Ok(n)
     } else {
         Err(Error::Remote {

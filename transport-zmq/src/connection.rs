@@ -590,7 +590,7 @@ fn call_event(shared: &Shared, id: &Bytes, event: CallEvent) -> Parsed<()> {
 
 /// EVENT: pairs of (subscription ids, envelope).
 fn events(shared: &Shared, args: &[Bytes]) -> Parsed<()> {
-    if args.is_empty() || args.len() % 2 != 0 {
+    if args.is_empty() || !args.len().is_multiple_of(2) {
         return Err(Malformed(
             "EVENT: expected pairs of (subscriptions, envelope)".into(),
         ));

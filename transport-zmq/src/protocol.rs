@@ -199,7 +199,7 @@ pub(crate) fn read_id(frame: &Bytes) -> Parsed<MessageId> {
 
 /// Reads a frame of concatenated u64s.
 pub(crate) fn read_u64s(frame: &Bytes) -> Parsed<Vec<u64>> {
-    if frame.is_empty() || frame.len() % 8 != 0 {
+    if frame.is_empty() || !frame.len().is_multiple_of(8) {
         return malformed("subscription ids: expected a non-empty multiple of 8 bytes");
     }
     Ok(frame
