@@ -22,6 +22,8 @@ use zeromq::{Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend, ZmqMess
 const MAX_BATCH: usize = 256;
 /// Most envelope bytes packed into one PUBLISH message.
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// How long a broker that accepted the connection may take to answer HELLO.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -71,29 +73,41 @@ impl Session {
         send.send(to_message(hello))
             .await
             .map_err(|err| transport("cannot say hello to the broker", err))?;
-        loop {
-            let message = recv
-                .recv()
-                .await
-                .map_err(|err| transport("no welcome from the broker", err))?
-                .into_vec();
-            let Some(args) = find(&message, cmd::WELCOME) else {
-                continue;
-            };
-            let [heartbeat, liveness, _broker] = protocol::args(&args, "WELCOME")
-                .map_err(|err| transport("bad welcome from the broker", err))?;
-            let heartbeat = protocol::read_u32(&heartbeat, "heartbeat")
-                .map_err(|err| transport("bad welcome from the broker", err))?;
-            let liveness = protocol::read_u32(&liveness, "liveness")
-                .map_err(|err| transport("bad welcome from the broker", err))?;
-            return Ok(Session {
-                send,
-                recv,
-                monitor,
-                heartbeat: Duration::from_millis(heartbeat.max(10) as u64),
-                liveness: liveness.max(1),
-            });
-        }
+        let welcome = async {
+            loop {
+                let message = recv
+                    .recv()
+                    .await
+                    .map_err(|err| transport("no welcome from the broker", err))?
+                    .into_vec();
+                if let Some(args) = find(&message, cmd::WELCOME) {
+                    return Ok::<_, Error>(args);
+                }
+            }
+        };
+        // A broker that accepted the connection answers at once; one that does
+        // not (it is stopping) is not worth the whole connect timeout.
+        let args = tokio::time::timeout(HANDSHAKE_TIMEOUT, welcome)
+            .await
+            .map_err(|_| {
+                Error::transport(format!(
+                    "the zmq broker at {} did not welcome this client within {HANDSHAKE_TIMEOUT:?}",
+                    config.endpoint
+                ))
+            })??;
+        let [heartbeat, liveness, _broker] = protocol::args(&args, "WELCOME")
+            .map_err(|err| transport("bad welcome from the broker", err))?;
+        let heartbeat = protocol::read_u32(&heartbeat, "heartbeat")
+            .map_err(|err| transport("bad welcome from the broker", err))?;
+        let liveness = protocol::read_u32(&liveness, "liveness")
+            .map_err(|err| transport("bad welcome from the broker", err))?;
+        Ok(Session {
+            send,
+            recv,
+            monitor,
+            heartbeat: Duration::from_millis(heartbeat.max(10) as u64),
+            liveness: liveness.max(1),
+        })
     }
 
     /// Sends one message; a broker that does not take it within the liveness

@@ -1,6 +1,8 @@
 //! Faults: malformed frames, a broker restarted under load, consumers and
 //! providers that die or go silent. Every broker here is the test's own, on a
-//! free loopback port, with fast heartbeats (100 ms, 3 missed = dead).
+//! free loopback port: with fast heartbeats (100 ms, 5 missed = dead) where a
+//! test waits for a silent peer to be declared dead, steady ones elsewhere (so a
+//! busy machine never makes a live client look dead).
 
 use busbar_core::{Bus, Error, Fault};
 use busbar_zmq::{Broker, BrokerConfig, ZmqBus, ZmqConfig};
@@ -22,12 +24,26 @@ async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> 
 fn fast() -> BrokerConfig {
     BrokerConfig {
         heartbeat: Duration::from_millis(100),
-        liveness: 3,
+        liveness: 5,
+        ..BrokerConfig::default()
+    }
+}
+
+fn steady() -> BrokerConfig {
+    BrokerConfig {
+        heartbeat: Duration::from_millis(500),
+        liveness: 6,
         ..BrokerConfig::default()
     }
 }
 
 async fn broker() -> Broker {
+    Broker::bind_with("tcp://127.0.0.1:0", steady())
+        .await
+        .unwrap()
+}
+
+async fn fast_broker() -> Broker {
     Broker::bind_with("tcp://127.0.0.1:0", fast())
         .await
         .unwrap()
@@ -276,7 +292,7 @@ async fn broker_restarted_during_calls_events_and_queue_items() {
         1
     );
     first.shutdown().await;
-    let second = Broker::bind_with(&endpoint, fast()).await.unwrap();
+    let second = Broker::bind_with(&endpoint, steady()).await.unwrap();
 
     // Calls work again without new buses: the provider was restored.
     within("a call after the restart", async {
@@ -327,7 +343,7 @@ async fn broker_restarted_during_calls_events_and_queue_items() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_held_by_a_killed_consumer_are_redelivered() {
-    let broker = broker().await;
+    let broker = fast_broker().await;
     let producer = bus(&broker.url()).await;
     let queue = producer.queue::<u32>("killed.jobs").unwrap();
     for n in [1, 2] {
@@ -386,7 +402,7 @@ async fn items_held_by_a_killed_consumer_are_redelivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_that_stops_answering() {
-    let broker = broker().await;
+    let broker = fast_broker().await;
     let caller = bus(&broker.url()).await;
     // A provider registers, then freezes: no answers, no heartbeats.
     let mut frozen = Raw::hello(broker.endpoint()).await;
@@ -403,7 +419,11 @@ async fn a_provider_that_stops_answering() {
         .timeout(Duration::from_secs(8));
     let started = Instant::now();
     match within("the call to a frozen provider", stub.call(&1)).await {
-        Err(Error::Transport(err)) => assert!(err.to_string().contains("lost"), "{err}"),
+        Err(Error::Transport(err)) => assert!(
+            err.to_string()
+                .contains("provider of frozen.method was lost"),
+            "{err}"
+        ),
         other => panic!("expected a transport error naming the lost provider, got {other:?}"),
     }
     assert!(
@@ -413,10 +433,10 @@ async fn a_provider_that_stops_answering() {
     );
     // It is gone: callers get NoResponders at once.
     let started = Instant::now();
-    assert!(matches!(
-        stub.call(&2).await,
-        Err(Error::NoResponders { .. })
-    ));
+    match stub.call(&2).await {
+        Err(Error::NoResponders { .. }) => {}
+        other => panic!("expected NoResponders, got {other:?}"),
+    }
     assert!(started.elapsed() < Duration::from_secs(1));
     drop(frozen);
 }
@@ -568,7 +588,7 @@ async fn held_back_publish_batches_lose_nothing() {
     const N: u32 = 5_000;
     let config = BrokerConfig {
         high_water: 0,
-        ..fast()
+        ..steady()
     };
     let broker = Broker::bind_with("tcp://127.0.0.1:0", config)
         .await
@@ -646,7 +666,7 @@ async fn publishes_during_an_outage_are_bounded_then_fail_clearly() {
         matches!(&error, Error::Transport(e) if e.to_string().contains("publish buffer")),
         "{error:?}"
     );
-    let _second = Broker::bind_with(&endpoint, fast()).await.unwrap();
+    let _second = Broker::bind_with(&endpoint, steady()).await.unwrap();
     within("an event after the broker came back", async {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         loop {
@@ -723,7 +743,7 @@ async fn a_blocked_consumer_survives_a_broker_restart() {
     assert!(futures::poll!(&mut waiting).is_pending());
     blocked.len().await.unwrap();
     first.shutdown().await;
-    let _second = Broker::bind_with(&endpoint, fast()).await.unwrap();
+    let _second = Broker::bind_with(&endpoint, steady()).await.unwrap();
     let queue = producer.queue::<u32>("restart.blocked").unwrap();
     within("a put on the new broker", async {
         while queue.put(&5).await.is_err() {

@@ -57,6 +57,7 @@ impl Outbox {
         socket: zeromq::RouterSendHalf,
         low_water: usize,
         batches: bool,
+        closing: Arc<AtomicBool>,
         internal: mpsc::UnboundedSender<Internal>,
     ) -> Outbox {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -83,8 +84,11 @@ impl Outbox {
                 _ = stop => {}
             }
             // The broker let go of the client: flush what is queued (a GOODBYE),
-            // but never wait long on a client that stopped reading.
-            let _ = tokio::time::timeout(FLUSH_ON_CLOSE, run).await;
+            // but never wait long on a client that stopped reading, and not at
+            // all when the whole broker stops.
+            if !closing.load(Ordering::Acquire) {
+                let _ = tokio::time::timeout(FLUSH_ON_CLOSE, run).await;
+            }
         });
         Outbox {
             tx,

@@ -188,6 +188,9 @@ pub(crate) struct Core {
     socket: zeromq::RouterSendHalf,
     counters: Arc<BrokerCounters>,
     internal: Option<mpsc::UnboundedSender<Internal>>,
+    /// Set when the broker stops: writers then close at once, without flushing,
+    /// so the socket (and its port) is released promptly.
+    closing: Arc<std::sync::atomic::AtomicBool>,
     broker_id: u64,
     clients: HashMap<u64, Client>,
     by_identity: HashMap<Bytes, u64>,
@@ -216,6 +219,7 @@ impl Core {
             socket,
             counters,
             internal: None,
+            closing: Arc::default(),
             broker_id: busbar_core::MessageId::new().0 as u64,
             clients: HashMap::new(),
             by_identity: HashMap::new(),
@@ -308,6 +312,7 @@ impl Core {
 
     /// Closes every client's writer (the socket closes when they end).
     pub(crate) fn close(&mut self) {
+        self.closing.store(true, Ordering::Release);
         let keys: Vec<u64> = self.clients.keys().copied().collect();
         for key in keys {
             self.drop_client(key, "the broker is stopping");
@@ -455,6 +460,7 @@ impl Core {
             self.socket.clone(),
             self.config.high_water / 5,
             batches,
+            self.closing.clone(),
             internal,
         );
         outbox.send(protocol::message(
