@@ -66,12 +66,16 @@ fn main() {
             rpc_part(&url, sizes.calls, sizes.concurrent_calls).await;
         }
         if run("queue") {
-            let cpu = Cpu::start();
-            let (items, producers, consumers) = queue_items(&url, sizes.items).await;
-            println!(
-                "queue put+get ({producers} producers, {consumers} consumers): busbar {items:.0} items/s, CPU {:.1} us/item",
-                cpu.per_op(sizes.items)
-            );
+            let configured = std::env::var("BENCH_PRODUCERS").is_ok();
+            let tasks: &[usize] = if configured { &[32] } else { &[32, 128] };
+            for &n in tasks {
+                let cpu = Cpu::start();
+                let (items, producers, consumers) = queue_items(&url, sizes.items, n).await;
+                println!(
+                    "queue put+get ({producers} producers, {consumers} consumers): busbar {items:.0} items/s, CPU {:.1} us/item",
+                    cpu.per_op(sizes.items)
+                );
+            }
         }
     });
 }
@@ -337,19 +341,19 @@ async fn concurrent_rpc(url: &str, n: usize, in_flight: usize) -> f64 {
     (per_task * in_flight) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Items/s through one queue: producers putting, consumers getting (32 each,
-/// or `BENCH_PRODUCERS` / `BENCH_CONSUMERS`), until every item was taken.
-async fn queue_items(url: &str, n: usize) -> (f64, usize, usize) {
+/// Items/s through one queue: `tasks` producers putting and as many consumers
+/// getting (or `BENCH_PRODUCERS` / `BENCH_CONSUMERS`), until every item was taken.
+async fn queue_items(url: &str, n: usize, tasks: usize) -> (f64, usize, usize) {
     let producer = bus(url).await;
     let consumer = bus(url).await;
     let producers = std::env::var("BENCH_PRODUCERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(32);
+        .unwrap_or(tasks);
     let consumers = std::env::var("BENCH_CONSUMERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(32);
+        .unwrap_or(tasks);
     let per_producer = n / producers;
     let total = per_producer * producers;
     let started = Instant::now();
