@@ -254,7 +254,8 @@ impl Drop for Pending<'_> {
 /// A connection to a busbar ZeroMQ broker (`zmq://host:port`).
 ///
 /// Reconnects on its own with backoff when the broker goes away or restarts,
-/// restoring every subscription and provider; see `docs/zmq-protocol.md`.
+/// restoring every subscription, provider and waiting consumer; see
+/// `docs/zmq-protocol.md`.
 pub struct ZmqBus {
     shared: Arc<Shared>,
 }
