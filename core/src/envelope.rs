@@ -92,6 +92,13 @@ pub fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
+/// `d` in whole milliseconds, rounded up, for protocols that count in
+/// milliseconds: a timeout sent that way never makes anyone wait less than asked.
+pub fn ceil_millis(d: Duration) -> u64 {
+    let millis = d.as_nanos().div_ceil(1_000_000);
+    u64::try_from(millis).unwrap_or(u64::MAX)
+}
+
 /// One message with its metadata.
 #[derive(Clone, PartialEq)]
 pub struct Envelope {
@@ -186,5 +193,19 @@ impl fmt::Debug for Envelope {
             .field("payload_len", &self.payload.len())
             .field("signed", &!self.signature.is_empty())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceil_millis_never_shortens() {
+        assert_eq!(ceil_millis(Duration::ZERO), 0);
+        assert_eq!(ceil_millis(Duration::from_millis(1200)), 1200);
+        assert_eq!(ceil_millis(Duration::from_nanos(1_199_999_700)), 1200);
+        assert_eq!(ceil_millis(Duration::from_nanos(1)), 1);
+        assert_eq!(ceil_millis(Duration::MAX), u64::MAX);
     }
 }

@@ -36,7 +36,7 @@ pub mod wire;
 pub use autoreg::{Endpoint, EndpointKind, Registered, Service};
 pub use bus::{Bus, DEFAULT_MAX_PAYLOAD};
 pub use codec::ContentType;
-pub use envelope::{now_millis, Envelope, Kind, MessageId};
+pub use envelope::{ceil_millis, now_millis, Envelope, Kind, MessageId};
 pub use error::{BoxError, Error, Fault, Result};
 pub use event::{Event, FromEnvelope, Message};
 pub use global::{init, publish, shutdown};

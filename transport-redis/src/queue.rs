@@ -114,7 +114,7 @@ pub(crate) fn base_key(namespace: &str, queue: &str) -> String {
 }
 
 fn millis(d: Duration) -> u64 {
-    d.as_millis().min(u64::MAX as u128) as u64
+    busbar_core::ceil_millis(d)
 }
 
 /// `LPUSH`es the item; returns once Redis stored it.

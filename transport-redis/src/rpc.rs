@@ -660,7 +660,7 @@ pub(crate) async fn serve(
 }
 
 fn millis(d: Duration) -> u64 {
-    d.as_millis().min(u64::MAX as u128) as u64
+    busbar_core::ceil_millis(d)
 }
 
 /// Pops requests for one provider, reconnecting when the connection is lost.

@@ -376,7 +376,7 @@ impl ZmqBus {
 }
 
 fn millis(d: Duration) -> u32 {
-    d.as_millis().min(u32::MAX as u128) as u32
+    u32::try_from(busbar_core::ceil_millis(d)).unwrap_or(u32::MAX)
 }
 
 fn unexpected(answer: Answer) -> Error {
