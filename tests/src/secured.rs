@@ -572,3 +572,35 @@ macro_rules! __secured_tests {
         )*
     };
 }
+
+/// Wraps a suite factory so every bus it opens sits behind `layer`: the whole
+/// conformance suite then runs signed (or signed and sealed), which shows the
+/// security layer keeps the contract on that transport.
+///
+/// ```ignore
+/// busbar_conformance::suite!(busbar_conformance::secured::behind(connect(), sealing_layer()));
+/// ```
+pub fn behind<F, Fut>(
+    connect: F,
+    layer: SecureLayer,
+) -> impl Fn() -> futures::future::BoxFuture<'static, Bus> + Send + Sync + Clone
+where
+    F: Fn() -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Bus> + Send + 'static,
+{
+    let layer = std::sync::Arc::new(layer);
+    move || {
+        let (connect, layer) = (connect.clone(), layer.clone());
+        Box::pin(async move { secure(&connect().await, &layer) })
+    }
+}
+
+/// A layer signing every envelope with [`shared_ring`].
+pub fn signing_layer() -> SecureLayer {
+    SecureLayer::new(shared_ring())
+}
+
+/// A layer sealing (encrypting) and signing every envelope with [`shared_ring`].
+pub fn sealing_layer() -> SecureLayer {
+    SecureLayer::new(shared_ring()).encrypt(true)
+}
