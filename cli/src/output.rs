@@ -1,6 +1,6 @@
 //! What commands print: JSON lines on stdout, status lines on stderr.
 
-use busbar::{Message, StatsSnapshot};
+use busbar::{Latencies, Message, StatsSnapshot};
 use serde_json::{json, Map, Value};
 use std::io::Write;
 
@@ -58,6 +58,19 @@ pub(crate) fn stats_json(s: &StatsSnapshot) -> Value {
         "rpc_served": s.rpc_served,
         "disconnects": s.disconnects,
         "reconnects": s.reconnects,
+        "rpc_latency_us": latency_json(&s.rpc_latency),
+    })
+}
+
+/// Call latencies as quantile upper bounds in microseconds (within a factor of two).
+fn latency_json(latencies: &Latencies) -> Value {
+    let micros = |q| latencies.quantile(q).map(|d| d.as_micros() as u64);
+    json!({
+        "count": latencies.count(),
+        "p50": micros(0.5),
+        "p90": micros(0.9),
+        "p99": micros(0.99),
+        "p99.9": micros(0.999),
     })
 }
 
@@ -73,6 +86,7 @@ mod tests {
         };
         let v = stats_json(&s);
         assert_eq!(v["delivered"], 3);
-        assert_eq!(v.as_object().unwrap().len(), 14);
+        assert_eq!(v.as_object().unwrap().len(), 15);
+        assert_eq!(v["rpc_latency_us"]["count"], 0);
     }
 }

@@ -15,6 +15,7 @@ use serde::Serialize;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Default upper bound on an encoded payload, in bytes (8 MiB).
 pub const DEFAULT_MAX_PAYLOAD: usize = 8 * 1024 * 1024;
@@ -128,14 +129,9 @@ impl Bus {
         let transport = self.transport_checked()?;
         let payload = codec::encode(value)?;
         self.check_size(payload.len())?;
-        transport
-            .publish(Envelope::new(
-                Kind::Event,
-                topic,
-                ContentType::JSON,
-                payload,
-            ))
-            .await?;
+        let event = Envelope::new(Kind::Event, topic, ContentType::JSON, payload);
+        let span = tracing::debug_span!("busbar.publish", topic = %event.subject, id = %event.id);
+        transport.publish(event).instrument(span).await?;
         Stats::incr(&transport.stats().published);
         Ok(())
     }

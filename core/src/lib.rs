@@ -44,7 +44,7 @@ pub use name::{Name, Pattern, MAX_NAME_LEN};
 pub use queue::{Delivery, Queue, DEFAULT_VISIBILITY};
 pub use registry::redact_url;
 pub use rpc::{Provider, Stub, DEFAULT_TIMEOUT};
-pub use stats::{Stats, StatsSnapshot};
+pub use stats::{Latencies, LatencyHistogram, Stats, StatsSnapshot, LATENCY_BUCKETS};
 pub use subscription::{Listener, Outcome, Subscription};
 pub use transport::{Capabilities, EventBus, SubscribeOptions};
 

@@ -11,6 +11,7 @@ use crate::transport::RawDelivery;
 use serde::Serialize;
 use std::marker::PhantomData;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Default time an acknowledged delivery may stay unacknowledged before it is
 /// delivered again.
@@ -83,7 +84,8 @@ impl<T: Serialize> Queue<T> {
             ContentType::JSON,
             payload,
         );
-        transport.queue_put(envelope).await?;
+        let span = tracing::debug_span!("busbar.queue.put", queue = %self.name, id = %envelope.id);
+        transport.queue_put(envelope).instrument(span).await?;
         Stats::incr(&transport.stats().enqueued);
         Ok(())
     }
@@ -94,7 +96,12 @@ impl<T: FromEnvelope> Queue<T> {
     /// Takes the next item, waiting up to `timeout`; `Ok(None)` if none came.
     pub async fn get(&self, timeout: Duration) -> Result<Option<T>> {
         let transport = self.bus.transport_checked()?;
-        match transport.queue_get(&self.name, timeout).await? {
+        let span = tracing::debug_span!("busbar.queue.get", queue = %self.name);
+        match transport
+            .queue_get(&self.name, timeout)
+            .instrument(span)
+            .await?
+        {
             None => Ok(None),
             Some(envelope) => {
                 Stats::incr(&transport.stats().dequeued);
@@ -109,8 +116,10 @@ impl<T: FromEnvelope> Queue<T> {
     /// unacknowledged, or not acknowledged within the visibility timeout.
     pub async fn receive(&self, timeout: Duration) -> Result<Option<Delivery<T>>> {
         let transport = self.bus.transport_checked()?;
+        let span = tracing::debug_span!("busbar.queue.receive", queue = %self.name);
         let Some(raw) = transport
             .queue_receive(&self.name, timeout, self.visibility)
+            .instrument(span)
             .await?
         else {
             return Ok(None);

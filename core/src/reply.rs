@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use std::panic::AssertUnwindSafe;
+use tracing::Instrument;
 
 #[derive(Serialize, Deserialize)]
 struct FaultBody {
@@ -31,7 +32,8 @@ pub async fn respond(handler: &dyn Handler, request: Envelope, stats: &Stats) ->
         return None;
     }
     Stats::incr(&stats.rpc_served);
-    let outcome = AssertUnwindSafe(handler.handle(request.clone()))
+    let span = tracing::debug_span!("busbar.handle", method = %request.subject, correlation_id = %request.id);
+    let outcome = AssertUnwindSafe(handler.handle(request.clone()).instrument(span))
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| Err(Fault::new("panic", panic_message(&*panic))));

@@ -15,7 +15,8 @@ use serde::Serialize;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Default time a [`Stub`] waits for an answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,9 +115,13 @@ impl<Args: Serialize, Ret: DeserializeOwned> Stub<Args, Ret> {
         let transport = self.bus.transport_checked()?;
         let stats = transport.stats().clone();
         Stats::incr(&stats.rpc_calls);
-        let outcome = transport
-            .call(request)
-            .await
+        let span = tracing::debug_span!("busbar.call", method = %self.method, correlation_id = %request.id);
+        let started = Instant::now();
+        let reply = transport.call(request).instrument(span).await;
+        if reply.is_ok() {
+            stats.rpc_latency.record(started.elapsed());
+        }
+        let outcome = reply
             .and_then(reply::into_result)
             .and_then(|payload| codec::decode(&ContentType::JSON, &payload));
         count_failure(&stats, &outcome);
@@ -131,7 +136,12 @@ impl<Args: Serialize, Ret: DeserializeOwned> Stub<Args, Ret> {
         let transport = self.bus.transport_checked()?;
         let stats = transport.stats().clone();
         Stats::incr(&stats.rpc_calls);
-        let replies = transport.call_all(request).await;
+        let span = tracing::debug_span!("busbar.call_all", method = %self.method, correlation_id = %request.id);
+        let started = Instant::now();
+        let replies = transport.call_all(request).instrument(span).await;
+        if replies.is_ok() {
+            stats.rpc_latency.record(started.elapsed());
+        }
         count_failure(&stats, &replies);
         Ok(replies?
             .into_iter()

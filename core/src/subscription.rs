@@ -47,6 +47,7 @@ impl<T: FromEnvelope> Stream for Subscription<T> {
             None => None,
             Some(Incoming::Lagged(missed)) => Some(Err(Error::Lagged { missed })),
             Some(Incoming::Message(envelope)) => {
+                tracing::trace!(topic = %envelope.subject, id = %envelope.id, "event delivered");
                 Some(T::from_envelope(envelope).inspect_err(|_| {
                     Stats::incr(&self.stats.decode_errors);
                 }))
