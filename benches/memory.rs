@@ -4,6 +4,7 @@
 //! Run with: `cargo bench --bench memory` (`BENCH_SCALE=0.1` for a quick pass).
 
 use busbar::{Bus, Event, Fault, SubscribeOptions};
+use busbar_test_support::bench::{best_rate, count};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -166,25 +167,7 @@ async fn raw_rpc(n: u64, in_flight: u64) -> Duration {
     start.elapsed()
 }
 
-/// Best of three runs, as operations per second.
-async fn rate<F, Fut>(n: u64, run: F) -> f64
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Duration>,
-{
-    let mut best = Duration::MAX;
-    for _ in 0..3 {
-        best = best.min(run().await);
-    }
-    n as f64 / best.as_secs_f64()
-}
-
 fn main() {
-    let scale: f64 = std::env::var("BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    let count = |base: f64| ((base * scale) as u64).max(64) / 64 * 64;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -197,23 +180,23 @@ fn main() {
         let rows = [
             (
                 "pub/sub events/s (1 subscriber)",
-                rate(events, || busbar_pubsub(events)).await,
-                rate(events, || raw_pubsub(events)).await,
+                best_rate(events, || busbar_pubsub(events)).await,
+                best_rate(events, || raw_pubsub(events)).await,
             ),
             (
                 "queue items/s (put -> get)",
-                rate(items, || busbar_queue(items)).await,
-                rate(items, || raw_queue(items)).await,
+                best_rate(items, || busbar_queue(items)).await,
+                best_rate(items, || raw_queue(items)).await,
             ),
             (
                 "RPC calls/s, sequential",
-                rate(calls / 4, || busbar_rpc(calls / 4, 1)).await,
-                rate(calls / 4, || raw_rpc(calls / 4, 1)).await,
+                best_rate(calls / 4, || busbar_rpc(calls / 4, 1)).await,
+                best_rate(calls / 4, || raw_rpc(calls / 4, 1)).await,
             ),
             (
                 "RPC calls/s, 64 in flight",
-                rate(calls, || busbar_rpc(calls, 64)).await,
-                rate(calls, || raw_rpc(calls, 64)).await,
+                best_rate(calls, || busbar_rpc(calls, 64)).await,
+                best_rate(calls, || raw_rpc(calls, 64)).await,
             ),
         ];
         println!("| workload (memory://) | busbar | raw tokio channels | busbar / raw |");

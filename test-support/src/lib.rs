@@ -9,6 +9,8 @@
 //! its own free port.
 #![deny(missing_docs)]
 
+pub mod bench;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

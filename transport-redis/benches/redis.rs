@@ -16,6 +16,7 @@
 
 use busbar_core::transport::SubscribeOptions;
 use busbar_core::{Bus, Envelope, Event, Fault, Kind, Name, Pattern};
+use busbar_test_support::bench::{best_rate, count};
 use busbar_test_support::RedisServer;
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
@@ -366,25 +367,7 @@ async fn raw_queue(setup: &Setup, n: u64) -> Duration {
     start.elapsed()
 }
 
-/// Best of three runs, as operations per second.
-async fn rate<F, Fut>(n: u64, run: F) -> f64
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Duration>,
-{
-    let mut best = Duration::MAX;
-    for _ in 0..3 {
-        best = best.min(run().await);
-    }
-    n as f64 / best.as_secs_f64()
-}
-
 fn main() {
-    let scale: f64 = std::env::var("BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    let count = |base: f64| ((base * scale) as u64).max(64) / 64 * 64;
     let server = std::env::var("BUSBAR_REDIS_URL")
         .is_err()
         .then(RedisServer::start);
@@ -405,14 +388,14 @@ fn main() {
         match std::env::var("BENCH_ONLY").as_deref() {
             Ok("rpc64") => {
                 let calls = count(100_000.0);
-                let r = rate(calls, || busbar_rpc(setup, calls, 64)).await;
+                let r = best_rate(calls, || busbar_rpc(setup, calls, 64)).await;
                 println!("busbar RPC with 64 in flight: {r:.0}/s");
                 return;
             }
             Ok("rpc1") => {
                 let calls = count(20_000.0);
-                let r = rate(calls, || busbar_rpc(setup, calls, 1)).await;
-                let raw = rate(calls, || raw_rpc(setup, calls, 1)).await;
+                let r = best_rate(calls, || busbar_rpc(setup, calls, 1)).await;
+                let raw = best_rate(calls, || raw_rpc(setup, calls, 1)).await;
                 println!("RPC sequential: busbar {r:.0}/s, raw {raw:.0}/s");
                 return;
             }
@@ -486,7 +469,7 @@ fn main() {
             }
             Ok("queue") => {
                 let items = count(200_000.0);
-                let r = rate(items, || busbar_queue(setup, items)).await;
+                let r = best_rate(items, || busbar_queue(setup, items)).await;
                 println!("busbar queue: {r:.0} items/s");
                 return;
             }
@@ -498,27 +481,27 @@ fn main() {
         let rows = [
             (
                 "pub/sub events/s (1 subscriber)",
-                rate(events, || busbar_pubsub(setup, events)).await,
+                best_rate(events, || busbar_pubsub(setup, events)).await,
                 "raw PUBLISH, pipelined 100",
-                rate(events, || raw_pubsub(setup, events)).await,
+                best_rate(events, || raw_pubsub(setup, events)).await,
             ),
             (
                 "RPC calls/s, sequential",
-                rate(calls / 10, || busbar_rpc(setup, calls / 10, 1)).await,
+                best_rate(calls / 10, || busbar_rpc(setup, calls / 10, 1)).await,
                 "raw req/reply over pub/sub",
-                rate(calls / 10, || raw_rpc(setup, calls / 10, 1)).await,
+                best_rate(calls / 10, || raw_rpc(setup, calls / 10, 1)).await,
             ),
             (
                 "RPC calls/s, 64 in flight",
-                rate(calls, || busbar_rpc(setup, calls, 64)).await,
+                best_rate(calls, || busbar_rpc(setup, calls, 64)).await,
                 "raw req/reply over pub/sub",
-                rate(calls, || raw_rpc(setup, calls, 64)).await,
+                best_rate(calls, || raw_rpc(setup, calls, 64)).await,
             ),
             (
                 "queue items/s, 4 producers / 4 consumers",
-                rate(items, || busbar_queue(setup, items)).await,
+                best_rate(items, || busbar_queue(setup, items)).await,
                 "raw LPUSH / BRPOP",
-                rate(items, || raw_queue(setup, items)).await,
+                best_rate(items, || raw_queue(setup, items)).await,
             ),
         ];
         println!("| workload (redis://) | busbar | baseline | baseline/s | busbar / baseline |");
