@@ -87,7 +87,10 @@ pub struct Config {
     /// Longest delay between reconnect attempts.
     pub reconnect_max: Duration,
     /// How long an item taken by `get` stays in flight if its acknowledgement is
-    /// lost (it then comes back).
+    /// lost (it then comes back). It only has to cover the moment between the
+    /// take and the acknowledgement `get` sends at once, so it is short: a `get`
+    /// abandoned while its pop was still parked on the server (its caller gave up,
+    /// and an item arrived before the unblock did) delays that item by this much.
     pub get_visibility: Duration,
     /// How often a bus whose consumers wait looks for items whose visibility expired.
     pub reap_interval: Duration,
@@ -129,7 +132,7 @@ impl Config {
             connect_timeout: Duration::from_secs(5),
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_secs(2),
-            get_visibility: Duration::from_secs(30),
+            get_visibility: Duration::from_secs(2),
             reap_interval: Duration::from_millis(100),
             handler_concurrency: 256,
             shutdown_grace: Duration::from_secs(5),
