@@ -164,6 +164,11 @@ async fn provide(
             drop(running);
         });
     };
+    // One receive stays pending across pings and broadcasts: recreating it on
+    // every wake-up would send this provider to the back of the queue's waiters
+    // each time a caller pings, and calls would pile onto whichever provider
+    // happened to wait again first instead of going round.
+    let mut receiving = inner.queue_receive(&queue, POLL, VISIBILITY);
     loop {
         tokio::select! {
             item = broadcast.next() => match item {
@@ -173,11 +178,14 @@ async fn provide(
             },
             // Pings only need to be counted by the transport; drop them.
             ping = presence.next() => if ping.is_none() { return },
-            delivery = inner.queue_receive(&queue, POLL, VISIBILITY) => match delivery {
-                Ok(Some(delivery)) => settle(delivery, &run).await,
-                Ok(None) => {}
-                Err(Error::Closed) => return,
-                Err(err) => tracing::warn!(%err, %queue, "provider could not receive requests"),
+            delivery = &mut receiving => {
+                receiving = inner.queue_receive(&queue, POLL, VISIBILITY);
+                match delivery {
+                    Ok(Some(delivery)) => settle(delivery, &run).await,
+                    Ok(None) => {}
+                    Err(Error::Closed) => return,
+                    Err(err) => tracing::warn!(%err, %queue, "provider could not receive requests"),
+                }
             },
         }
     }
