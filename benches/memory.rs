@@ -3,8 +3,8 @@
 //!
 //! Run with: `cargo bench --bench memory` (`BENCH_SCALE=0.1` for a quick pass).
 
-use busbar::{Bus, Event, Fault, SubscribeOptions};
-use busbar_test_support::bench::{best_rate, count};
+use busbar::{Bus, Event, SubscribeOptions};
+use busbar_test_support::bench::{self, best_rate, count};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -110,29 +110,7 @@ async fn raw_queue(n: u64) -> Duration {
 
 async fn busbar_rpc(n: u64, in_flight: u64) -> Duration {
     let bus = bus().await;
-    let _provider = bus
-        .expose("bench.add", |(a, b): (i64, i64)| async move {
-            Ok::<_, Fault>(a + b)
-        })
-        .await
-        .unwrap();
-    let stub = bus.stub::<(i64, i64), i64>("bench.add").unwrap();
-    let start = Instant::now();
-    let workers: Vec<_> = (0..in_flight)
-        .map(|w| {
-            let stub = stub.clone();
-            tokio::spawn(async move {
-                for i in 0..n / in_flight {
-                    let a = (w * n + i) as i64;
-                    assert_eq!(stub.call(&(a, 1)).await.unwrap(), a + 1);
-                }
-            })
-        })
-        .collect();
-    for worker in workers {
-        worker.await.unwrap();
-    }
-    start.elapsed()
+    bench::rpc(&bus, &bus, n, in_flight).await
 }
 
 type RawRequest = ((i64, i64), oneshot::Sender<i64>);

@@ -1,8 +1,9 @@
-//! What the benchmark harnesses share: sizing from `BENCH_SCALE` and best-of-three
-//! timing.
+//! What the benchmark harnesses share: sizing from `BENCH_SCALE`, best-of-three
+//! timing, and the RPC workload every transport's benchmark runs.
 
+use busbar_core::{Bus, Fault};
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// `base` operations scaled by the `BENCH_SCALE` environment variable (default 1,
 /// `0.1` for a quick pass), rounded down to a multiple of 64 and at least 64, so
@@ -27,4 +28,33 @@ where
         best = best.min(run().await);
     }
     n as f64 / best.as_secs_f64()
+}
+
+/// `n` calls of an adding method served on `server`, made from `client` by
+/// `in_flight` concurrent callers (each checking its answers); how long they took.
+/// `server` and `client` may be the same bus.
+pub async fn rpc(server: &Bus, client: &Bus, n: u64, in_flight: u64) -> Duration {
+    let _provider = server
+        .expose("bench.add", |(a, b): (i64, i64)| async move {
+            Ok::<_, Fault>(a + b)
+        })
+        .await
+        .unwrap();
+    let stub = client.stub::<(i64, i64), i64>("bench.add").unwrap();
+    let start = Instant::now();
+    let workers: Vec<_> = (0..in_flight)
+        .map(|w| {
+            let stub = stub.clone();
+            tokio::spawn(async move {
+                for i in 0..n / in_flight {
+                    let a = (w * n + i) as i64;
+                    assert_eq!(stub.call(&(a, 1)).await.unwrap(), a + 1);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    start.elapsed()
 }

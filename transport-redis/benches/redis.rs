@@ -15,8 +15,8 @@
 //!   against raw `LPUSH`/`BRPOP` with the same number of connections.
 
 use busbar_core::transport::SubscribeOptions;
-use busbar_core::{Bus, Envelope, Event, Fault, Kind, Name, Pattern};
-use busbar_test_support::bench::{best_rate, count};
+use busbar_core::{Bus, Envelope, Event, Kind, Name, Pattern};
+use busbar_test_support::bench::{self, best_rate, count};
 use busbar_test_support::RedisServer;
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
@@ -153,29 +153,7 @@ async fn raw_pubsub(setup: &Setup, n: u64) -> Duration {
 async fn busbar_rpc(setup: &Setup, n: u64, in_flight: u64) -> Duration {
     let url = setup.url();
     let (server, client) = (setup.bus(&url).await, setup.bus(&url).await);
-    let _provider = server
-        .expose("bench.add", |(a, b): (i64, i64)| async move {
-            Ok::<_, Fault>(a + b)
-        })
-        .await
-        .unwrap();
-    let stub = client.stub::<(i64, i64), i64>("bench.add").unwrap();
-    let start = Instant::now();
-    let workers: Vec<_> = (0..in_flight)
-        .map(|w| {
-            let stub = stub.clone();
-            tokio::spawn(async move {
-                for i in 0..n / in_flight {
-                    let a = (w * n + i) as i64;
-                    assert_eq!(stub.call(&(a, 1)).await.unwrap(), a + 1);
-                }
-            })
-        })
-        .collect();
-    for worker in workers {
-        worker.await.unwrap();
-    }
-    start.elapsed()
+    bench::rpc(&server, &client, n, in_flight).await
 }
 
 type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<i64>>>>;
