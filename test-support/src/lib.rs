@@ -5,12 +5,18 @@
 //! kills it when dropped. [`RedisServer::shared`] gives one server per test binary.
 //! A missing binary is a panic with an install hint: tests never skip silently.
 //!
+//! [`RedisCluster::start`] runs a three-master Redis Cluster the same way.
+//!
 //! Never touches a Redis already running on the default port: every server gets
 //! its own free port.
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod cluster;
 
+pub use cluster::RedisCluster;
+
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -33,6 +39,9 @@ pub struct RedisServer {
     dir: PathBuf,
     persistent: bool,
     tls: Option<Tls>,
+    /// More `redis-server` options, kept so [`resume`](Self::resume) starts the
+    /// same server (a cluster node keeps its cluster port and node id).
+    extra: Vec<OsString>,
 }
 
 /// The TLS side of a server started with [`RedisServer::start_tls`].
@@ -96,12 +105,24 @@ impl RedisServer {
     }
 
     fn start_with_tls(persistent: bool, with_tls: bool) -> RedisServer {
+        Self::start_custom(persistent, with_tls, |_| Vec::new())
+    }
+
+    /// Starts a server with more options, `extra(dir)` giving them afresh on every
+    /// attempt, so options naming ports (`--cluster-port`) get ports free at that
+    /// moment.
+    fn start_custom(
+        persistent: bool,
+        with_tls: bool,
+        extra: impl Fn(&Path) -> Vec<OsString>,
+    ) -> RedisServer {
         let dir = fresh_dir();
         let mut last_error = String::new();
         for _attempt in 0..20 {
             let port = free_port();
             let tls = with_tls.then(|| make_certificates(&dir, free_port()));
-            match spawn(port, &dir, persistent, tls.as_ref()) {
+            let extra = extra(&dir);
+            match spawn(port, &dir, persistent, tls.as_ref(), &extra) {
                 Ok(child) => {
                     let mut server = RedisServer {
                         child: Some(child),
@@ -109,6 +130,7 @@ impl RedisServer {
                         dir: dir.clone(),
                         persistent,
                         tls,
+                        extra,
                     };
                     match server.wait_ready() {
                         Ok(()) => return server,
@@ -165,10 +187,16 @@ impl RedisServer {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             // The port can stay busy for a moment after the kill: retry until free.
-            let child = spawn(self.port, &self.dir, self.persistent, self.tls.as_ref())
-                .unwrap_or_else(|err| {
-                    panic!("cannot restart redis-server: {err}");
-                });
+            let child = spawn(
+                self.port,
+                &self.dir,
+                self.persistent,
+                self.tls.as_ref(),
+                &self.extra,
+            )
+            .unwrap_or_else(|err| {
+                panic!("cannot restart redis-server: {err}");
+            });
             self.child = Some(child);
             match self.wait_ready() {
                 Ok(()) => return,
@@ -242,7 +270,13 @@ fn binary() -> String {
 /// Starts redis-server under a small `sh` guard that kills it as soon as our end
 /// of the guard's stdin closes, so a server never outlives the test process (even
 /// one held in a `static`, which is never dropped).
-fn spawn(port: u16, dir: &Path, persistent: bool, tls: Option<&Tls>) -> std::io::Result<Child> {
+fn spawn(
+    port: u16,
+    dir: &Path,
+    persistent: bool,
+    tls: Option<&Tls>,
+    extra: &[OsString],
+) -> std::io::Result<Child> {
     match Command::new(binary()).arg("--version").output() {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(err),
         _ => {}
@@ -285,6 +319,7 @@ fn spawn(port: u16, dir: &Path, persistent: bool, tls: Option<&Tls>) -> std::io:
             .arg("--tls-auth-clients")
             .arg("no");
     }
+    cmd.args(extra);
     cmd.spawn()
 }
 
