@@ -11,10 +11,15 @@
 //!
 //! Redis errors never leave this crate: they become [`Error::Transport`].
 
+use crate::pubsub::Topic;
 use busbar_core::{Error, Stats};
 use bytes::Bytes;
-use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
-use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, RedisError};
+use redis::aio::{AsyncPushSender, ConnectionLike, MultiplexedConnection, SendError};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, RedisError, RedisFuture, Value};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,16 +65,131 @@ impl Backoff {
     }
 }
 
-/// Opens connections to one server.
+/// A connection to one server, or to a whole Redis Cluster (which routes each
+/// command to the node holding its key, follows redirections and reconnects
+/// nodes by itself).
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_command(cmd),
+            Connection::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(conn) => conn.get_db(),
+            Connection::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+impl Connection {
+    /// Runs `cmd` on the node holding `key`. Keyless commands that concern a
+    /// connection (`CLIENT ID`, `CLIENT UNBLOCK`) must reach the node that
+    /// connection is on, which is the node of the key it blocks on.
+    pub(crate) async fn query_at<T: redis::FromRedisValue>(
+        &mut self,
+        key: &[u8],
+        cmd: &redis::Cmd,
+    ) -> Result<T, RedisError> {
+        match self {
+            Connection::Single(conn) => cmd.query_async(conn).await,
+            Connection::Cluster(conn) => {
+                let value = conn
+                    .route_command(cmd.clone(), RoutingInfo::SingleNode(node_of(key)))
+                    .await?;
+                redis::from_redis_value(value).map_err(RedisError::from)
+            }
+        }
+    }
+
+    /// Sends `pipe` to the node holding `key`; replies are not read.
+    pub(crate) async fn exec_at(
+        &mut self,
+        key: &[u8],
+        pipe: redis::Pipeline,
+    ) -> Result<(), RedisError> {
+        match self {
+            Connection::Single(conn) => pipe.exec_async(conn).await,
+            Connection::Cluster(conn) => {
+                let count = pipe.len();
+                conn.route_pipeline(pipe, 0, count, node_of(key))
+                    .await
+                    .map(drop)
+            }
+        }
+    }
+
+    /// Subscribes to a channel, glob or sharded channel.
+    pub(crate) async fn subscribe(&mut self, topic: &Topic) -> Result<(), RedisError> {
+        match (self, topic) {
+            (Connection::Single(c), Topic::Channel(name) | Topic::Shard(name)) => {
+                c.subscribe(name).await
+            }
+            (Connection::Single(c), Topic::Glob(glob)) => c.psubscribe(glob).await,
+            (Connection::Cluster(c), Topic::Channel(name)) => c.subscribe(name).await,
+            (Connection::Cluster(c), Topic::Glob(glob)) => c.psubscribe(glob).await,
+            (Connection::Cluster(c), Topic::Shard(name)) => c.ssubscribe(name).await,
+        }
+    }
+
+    /// Undoes [`subscribe`](Self::subscribe).
+    pub(crate) async fn unsubscribe(&mut self, topic: &Topic) -> Result<(), RedisError> {
+        match (self, topic) {
+            (Connection::Single(c), Topic::Channel(name) | Topic::Shard(name)) => {
+                c.unsubscribe(name).await
+            }
+            (Connection::Single(c), Topic::Glob(glob)) => c.punsubscribe(glob).await,
+            (Connection::Cluster(c), Topic::Channel(name)) => c.unsubscribe(name).await,
+            (Connection::Cluster(c), Topic::Glob(glob)) => c.punsubscribe(glob).await,
+            (Connection::Cluster(c), Topic::Shard(name)) => c.sunsubscribe(name).await,
+        }
+    }
+}
+
+/// The primary serving `key`'s hash slot.
+fn node_of(key: &[u8]) -> SingleNodeRoutingInfo {
+    SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master))
+}
+
+/// Where connections go: one server, or the seed nodes of a cluster.
+enum Target {
+    Single(Client),
+    Cluster {
+        nodes: Vec<redis::ConnectionInfo>,
+        tls: Option<redis::TlsCertificates>,
+    },
+}
+
+/// Opens connections to one server or one cluster.
 pub(crate) struct Opener {
-    client: Client,
+    target: Target,
     config: Arc<Config>,
 }
 
 impl Opener {
     pub(crate) fn new(config: Arc<Config>) -> busbar_core::Result<Self> {
-        let info = config.connection_info()?;
-        let client = if config.is_tls() {
+        let mut infos = config.connection_infos()?;
+        let tls = if config.is_tls() {
             // One process-wide provider; an error means one is installed already.
             let _ = rustls::crypto::ring::default_provider().install_default();
             let read = |path: &std::path::Path| {
@@ -86,41 +206,74 @@ impl Opener {
                 }),
                 None => None,
             };
-            Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls,
-                    root_cert,
-                },
-            )
+            Some(redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            })
         } else {
-            Client::open(info)
+            None
         };
-        Ok(Opener {
-            client: client.map_err(transport_error)?,
-            config,
-        })
+        let target = if config.is_cluster() {
+            Target::Cluster { nodes: infos, tls }
+        } else {
+            let info = infos.remove(0);
+            let client = match tls {
+                Some(certificates) => Client::build_with_tls(info, certificates),
+                None => Client::open(info),
+            };
+            Target::Single(client.map_err(transport_error)?)
+        };
+        Ok(Opener { target, config })
     }
 
     pub(crate) fn config(&self) -> &Config {
         &self.config
     }
 
-    /// A new multiplexed connection; `response_timeout` `None` for blocking pops.
+    /// True when connections go to a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
+    }
+
+    /// A new connection; `response_timeout` `None` for blocking pops.
     pub(crate) async fn open(
         &self,
         push: Option<Arc<dyn AsyncPushSender>>,
         response_timeout: Option<Duration>,
-    ) -> Result<MultiplexedConnection, RedisError> {
-        let mut config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.config.connect_timeout))
-            .set_response_timeout(response_timeout);
-        if let Some(push) = push {
-            config = config.set_push_sender(PushAdapter(push));
+    ) -> Result<Connection, RedisError> {
+        match &self.target {
+            Target::Single(client) => {
+                let mut config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.config.connect_timeout))
+                    .set_response_timeout(response_timeout);
+                if let Some(push) = push {
+                    config = config.set_push_sender(PushAdapter(push));
+                }
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map(Connection::Single)
+            }
+            Target::Cluster { nodes, tls } => {
+                let mut builder = ClusterClientBuilder::new(nodes.clone())
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
+                    .connection_timeout(self.config.connect_timeout);
+                if let Some(timeout) = response_timeout {
+                    builder = builder.response_timeout(timeout);
+                }
+                if let Some(push) = push {
+                    builder = builder.push_sender(PushAdapter(push));
+                }
+                if let Some(certificates) = tls {
+                    builder = builder
+                        .tls(redis::TlsMode::Secure)
+                        .certs(certificates.clone());
+                }
+                let client = builder.build()?;
+                client.get_async_connection().await.map(Connection::Cluster)
+            }
         }
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
     }
 }
 
@@ -152,7 +305,7 @@ impl AsyncPushSender for DisconnectWatch {
 pub(crate) struct CommandLink {
     opener: Arc<Opener>,
     stats: Arc<Stats>,
-    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    current: Mutex<Option<(u64, Connection)>>,
     up: watch::Sender<bool>,
     lost: mpsc::UnboundedSender<u64>,
     closed: AtomicBool,
@@ -181,20 +334,22 @@ impl CommandLink {
         Ok((link, task))
     }
 
-    async fn open(&self, generation: u64) -> Result<MultiplexedConnection, RedisError> {
-        let watch = DisconnectWatch {
-            generation,
-            lost: self.lost.clone(),
+    async fn open(&self, generation: u64) -> Result<Connection, RedisError> {
+        // A cluster connection replaces its lost node connections by itself.
+        let watch: Option<Arc<dyn AsyncPushSender>> = if self.opener.is_cluster() {
+            None
+        } else {
+            Some(Arc::new(DisconnectWatch {
+                generation,
+                lost: self.lost.clone(),
+            }))
         };
         self.opener
-            .open(
-                Some(Arc::new(watch)),
-                Some(self.opener.config().response_timeout),
-            )
+            .open(watch, Some(self.opener.config().response_timeout))
             .await
     }
 
-    fn install(&self, generation: u64, conn: MultiplexedConnection) {
+    fn install(&self, generation: u64, conn: Connection) {
         self.generation.store(generation, Ordering::SeqCst);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, conn));
         self.up.send_replace(true);
@@ -235,7 +390,14 @@ impl CommandLink {
 
     /// Reports that the connection of `generation` failed.
     pub(crate) fn broken(&self, generation: u64) {
-        let _ = self.lost.send(generation);
+        if !self.opener.is_cluster() {
+            let _ = self.lost.send(generation);
+        }
+    }
+
+    /// True when connected to a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.opener.is_cluster()
     }
 
     /// Stops reconnecting and drops the connection.
@@ -255,7 +417,7 @@ pub(crate) struct Conn<'a> {
     link: &'a CommandLink,
     generation: u64,
     /// The connection (a cheap clone of the shared one).
-    pub(crate) conn: MultiplexedConnection,
+    pub(crate) conn: Connection,
 }
 
 impl Conn<'_> {
@@ -319,9 +481,12 @@ pub(crate) struct BlockingPool {
 
 /// A connection for blocking pops.
 pub(crate) struct Blocking {
-    /// The server's `CLIENT ID` of this connection, for `CLIENT UNBLOCK`.
+    /// The server's `CLIENT ID` of this connection (on the node of `key`), for
+    /// `CLIENT UNBLOCK`.
     pub(crate) client_id: i64,
-    pub(crate) conn: MultiplexedConnection,
+    /// The key this connection blocks on; in a cluster its node gave `client_id`.
+    key: Vec<u8>,
+    pub(crate) conn: Connection,
 }
 
 impl BlockingPool {
@@ -333,28 +498,39 @@ impl BlockingPool {
         }
     }
 
-    /// An idle connection, or a new one.
-    pub(crate) async fn take(&self) -> busbar_core::Result<Blocking> {
+    /// An idle connection, or a new one, to block on `key`.
+    pub(crate) async fn take(&self, key: &str) -> busbar_core::Result<Blocking> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        if let Some(blocking) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(blocking);
-        }
-        let mut conn = self
-            .opener
-            .open(None, None)
-            .await
-            .map_err(transport_error)?;
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut blocking = match idle {
+            Some(blocking) if !self.opener.is_cluster() || blocking.key == key.as_bytes() => {
+                return Ok(blocking)
+            }
+            Some(blocking) => blocking,
+            None => Blocking {
+                client_id: 0,
+                key: Vec::new(),
+                conn: self
+                    .opener
+                    .open(None, None)
+                    .await
+                    .map_err(transport_error)?,
+            },
+        };
         let response_timeout = self.opener.config().response_timeout;
-        let client_id = tokio::time::timeout(
+        let mut client_id = redis::cmd("CLIENT");
+        client_id.arg("ID");
+        blocking.client_id = tokio::time::timeout(
             response_timeout,
-            redis::cmd("CLIENT").arg("ID").query_async::<i64>(&mut conn),
+            blocking.conn.query_at::<i64>(key.as_bytes(), &client_id),
         )
         .await
         .map_err(|_| Error::transport("redis did not answer CLIENT ID in time"))?
         .map_err(transport_error)?;
-        Ok(Blocking { client_id, conn })
+        blocking.key = key.as_bytes().to_vec();
+        Ok(blocking)
     }
 
     /// Returns a healthy connection for reuse (at most a few are kept).
@@ -377,17 +553,24 @@ impl BlockingPool {
 
 /// One write for the ordered [`Writer`].
 pub(crate) enum Job {
-    /// `PUBLISH channel payload`.
+    /// `PUBLISH channel payload`, or `SPUBLISH` when `sharded` (in a cluster, a
+    /// sharded channel lives on the node of its hash slot).
     Publish {
         /// The full channel name.
         channel: Bytes,
         /// The encoded envelope.
         payload: Bytes,
+        /// Sent with `SPUBLISH` on a cluster.
+        sharded: bool,
     },
-    /// Any command whose reply nobody waits for.
-    Command(redis::Cmd),
-    /// Several such commands, sent together in this order.
-    Commands(Box<[redis::Cmd]>),
+    /// Commands whose replies nobody waits for, sent together in this order to
+    /// the node holding `key` (all of them must concern that node).
+    Commands {
+        /// The key whose hash slot routes the commands in a cluster.
+        key: Bytes,
+        /// The commands.
+        cmds: Box<[redis::Cmd]>,
+    },
     /// Answered once everything queued before it was sent.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -472,31 +655,13 @@ impl Writer {
 async fn write_loop(link: Arc<CommandLink>, mut rx: mpsc::Receiver<Job>, outage_wait: Duration) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut flushed = Vec::new();
+    let cluster = link.is_cluster();
     loop {
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
         }
-        let mut pipe = redis::pipe();
-        for job in batch.drain(..) {
-            match job {
-                Job::Publish { channel, payload } => {
-                    pipe.cmd("PUBLISH")
-                        .arg(&channel[..])
-                        .arg(&payload[..])
-                        .ignore();
-                }
-                Job::Command(cmd) => {
-                    pipe.add_command(cmd).ignore();
-                }
-                Job::Commands(cmds) => {
-                    for cmd in cmds.into_vec() {
-                        pipe.add_command(cmd).ignore();
-                    }
-                }
-                Job::Flush(done) => flushed.push(done),
-            }
-        }
-        let count = pipe.len();
+        let pipes = pipelines(batch.drain(..), cluster, &mut flushed);
+        let count: usize = pipes.iter().map(|(_, pipe)| pipe.len()).sum();
         if count == 0 {
             for done in flushed.drain(..) {
                 let _ = done.send(());
@@ -517,8 +682,14 @@ async fn write_loop(link: Arc<CommandLink>, mut rx: mpsc::Receiver<Job>, outage_
                 Err(_) => continue,
             }
         };
-        let mut redis_conn = conn.conn.clone();
-        if let Err(err) = pipe.exec_async(&mut redis_conn).await {
+        // One pipeline per node; each keeps its jobs' order, and one channel or
+        // key always goes to the same node, so per-publisher order holds.
+        let sent = futures::future::join_all(pipes.into_iter().map(|(key, pipe)| {
+            let mut redis_conn = conn.conn.clone();
+            async move { redis_conn.exec_at(&key, pipe).await }
+        }))
+        .await;
+        for err in sent.into_iter().filter_map(Result::err) {
             if is_connection_error(&err) {
                 link.broken(conn.generation);
                 tracing::warn!(%err, count, "connection lost while publishing; these messages may not have been delivered");
@@ -530,4 +701,46 @@ async fn write_loop(link: Arc<CommandLink>, mut rx: mpsc::Receiver<Job>, outage_
             let _ = done.send(());
         }
     }
+}
+
+/// The batch as pipelines: one for a single server, one per hash slot for a
+/// cluster (each named by a key of its slot).
+fn pipelines(
+    batch: impl Iterator<Item = Job>,
+    cluster: bool,
+    flushed: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+) -> Vec<(Bytes, redis::Pipeline)> {
+    let mut pipes: Vec<(Bytes, redis::Pipeline)> = Vec::new();
+    let mut slots: HashMap<Slot, usize> = HashMap::new();
+    for job in batch {
+        let (key, cmds) = match job {
+            Job::Publish {
+                channel,
+                payload,
+                sharded,
+            } => {
+                let mut publish = redis::cmd(if sharded && cluster {
+                    "SPUBLISH"
+                } else {
+                    "PUBLISH"
+                });
+                publish.arg(&channel[..]).arg(&payload[..]);
+                (channel, vec![publish])
+            }
+            Job::Commands { key, cmds } => (key, cmds.into_vec()),
+            Job::Flush(done) => {
+                flushed.push(done);
+                continue;
+            }
+        };
+        let slot = Slot::for_key(if cluster { &key[..] } else { b"" });
+        let index = *slots.entry(slot).or_insert_with(|| {
+            pipes.push((key, redis::pipe()));
+            pipes.len() - 1
+        });
+        for cmd in cmds {
+            pipes[index].1.add_command(cmd).ignore();
+        }
+    }
+    pipes
 }

@@ -22,8 +22,8 @@
 //!
 //! # URL
 //!
-//! `redis://[user:password@]host[:port][/db][?query]`. Query parameters read by
-//! busbar (the rest is passed to the Redis client):
+//! `redis://[user:password@]host[:port][/db][?query]`, or a cluster (below).
+//! Query parameters read by busbar (the rest is passed to the Redis client):
 //!
 //! | parameter | default | meaning |
 //! | --- | --- | --- |
@@ -45,7 +45,26 @@
 //! - RPC: each call reaches at most one provider; `NoResponders` after one round
 //!   trip when nobody serves the method.
 //!
-//! Redis Cluster (`redis+cluster://`) is not supported yet.
+//!
+//! # Redis Cluster
+//!
+//! `redis+cluster://[user:password@]host:port,host:port[?query]` (or
+//! `rediss+cluster://`) names seed nodes; the rest of the cluster is discovered,
+//! and redirections and node reconnects are followed by the client. Everything
+//! above holds on a cluster, laid out so no operation spans two nodes:
+//!
+//! - a queue's keys share one hash slot (`ns:q:{queue}`, `:p`, `:fly`, ...), so
+//!   its Lua scripts run on one node; blocking pops go to that node;
+//! - events use plain `PUBLISH`/`PSUBSCRIBE`, which a cluster forwards to every
+//!   node, so wildcard subscriptions work; one topic is always published through
+//!   the node of its channel's slot, which keeps per-publisher order;
+//! - RPC presence and inboxes are sharded channels (`SSUBSCRIBE`/`SPUBLISH`) in
+//!   the slot of the method's request list, so the subscriber count that `call`
+//!   and `call_all` rely on is complete on the node that reads it (a plain
+//!   channel's count only covers the node it is asked on);
+//! - the ordered writer sends one pipeline per hash slot.
+//!
+//! Redis 7.0 or later is needed (`BLMPOP`, sharded pub/sub).
 #![deny(missing_docs)]
 
 mod connection;
@@ -72,6 +91,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Config {
     url: String,
+    /// For `redis+cluster://`: one URL per seed node (the rest is discovered).
+    cluster_nodes: Option<Vec<String>>,
     /// Prefix of every Redis key and channel, so several applications can share a server.
     pub namespace: String,
     /// Publishes buffered while Redis is unreachable before `publish` fails.
@@ -109,7 +130,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parses a `redis://` or `rediss://` URL (see the crate docs for its query parameters).
+    /// Parses a `redis://`, `rediss://`, `redis+cluster://` or
+    /// `rediss+cluster://` URL (see the crate docs for its query parameters).
     pub fn from_url(url: &str) -> Result<Config> {
         let invalid = |reason: String| Error::InvalidUrl {
             url: redact_url(url),
@@ -118,13 +140,19 @@ impl Config {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| invalid("expected redis://host:port".into()))?;
-        if scheme != "redis" && scheme != "rediss" {
-            return Err(invalid(format!(
-                "the redis transport does not open {scheme}:// URLs"
-            )));
-        }
+        let (scheme, cluster) = match scheme {
+            "redis" | "rediss" => (scheme, false),
+            "redis+cluster" => ("redis", true),
+            "rediss+cluster" => ("rediss", true),
+            _ => {
+                return Err(invalid(format!(
+                    "the redis transport does not open {scheme}:// URLs"
+                )))
+            }
+        };
         let mut config = Config {
             url: String::new(),
+            cluster_nodes: None,
             namespace: "busbar".into(),
             publish_buffer: 65_536,
             outage_wait: Duration::from_secs(10),
@@ -187,18 +215,30 @@ impl Config {
                 "tls_ca, tls_cert and tls_key need rediss://".into(),
             ));
         }
-        config.url = if passed.is_empty() {
-            format!("{scheme}://{base}")
+        let query = if passed.is_empty() {
+            String::new()
         } else {
-            format!("{scheme}://{base}?{}", passed.join("&"))
+            format!("?{}", passed.join("&"))
         };
-        config.connection_info()?;
+        if cluster {
+            let nodes = cluster_nodes(scheme, base).map_err(invalid)?;
+            config.url = format!("{scheme}+cluster://{base}{query}");
+            config.cluster_nodes = Some(nodes.iter().map(|n| format!("{n}{query}")).collect());
+        } else {
+            config.url = format!("{scheme}://{base}{query}");
+        }
+        config.connection_infos()?;
         Ok(config)
     }
 
-    /// True for `rediss://` (TLS).
+    /// True for `rediss://` and `rediss+cluster://` (TLS).
     pub fn is_tls(&self) -> bool {
-        self.url.starts_with("rediss://")
+        self.url.starts_with("rediss")
+    }
+
+    /// True for `redis+cluster://` and `rediss+cluster://` (Redis Cluster).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster_nodes.is_some()
     }
 
     /// The URL given to the Redis client, without busbar's own parameters.
@@ -206,24 +246,56 @@ impl Config {
         &self.url
     }
 
-    fn connection_info(&self) -> Result<redis::ConnectionInfo> {
-        use redis::IntoConnectionInfo;
-        let info = self
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|err| Error::InvalidUrl {
-                url: redact_url(&self.url),
-                reason: err.to_string(),
-            })?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        Ok(info
-            .set_redis_settings(settings)
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
+    /// The server to connect to, or every seed node of a cluster.
+    fn connection_infos(&self) -> Result<Vec<redis::ConnectionInfo>> {
+        match &self.cluster_nodes {
+            Some(nodes) => nodes.iter().map(|node| connection_info(node)).collect(),
+            None => Ok(vec![connection_info(&self.url)?]),
+        }
     }
+}
+
+/// The node URLs of `[user:password@]host:port,host:port[/db]`: each seed
+/// node gets the credentials (a cluster has one user table per node, kept alike).
+fn cluster_nodes(scheme: &str, base: &str) -> std::result::Result<Vec<String>, String> {
+    let (authority, path) = match base.split_once('/') {
+        Some((authority, path)) => (authority, path),
+        None => (base, ""),
+    };
+    if !matches!(path, "" | "0") {
+        return Err("Redis Cluster has only database 0".into());
+    }
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (format!("{userinfo}@"), hosts),
+        None => (String::new(), authority),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .filter(|host| !host.is_empty())
+        .map(|host| format!("{scheme}://{userinfo}{host}"))
+        .collect();
+    if nodes.is_empty() {
+        return Err("expected redis+cluster://host:port[,host:port...]".into());
+    }
+    Ok(nodes)
+}
+
+/// The client's view of one server URL: RESP3 and `TCP_NODELAY`, always.
+fn connection_info(url: &str) -> Result<redis::ConnectionInfo> {
+    use redis::IntoConnectionInfo;
+    let info = url
+        .into_connection_info()
+        .map_err(|err| Error::InvalidUrl {
+            url: redact_url(url),
+            reason: err.to_string(),
+        })?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    Ok(info
+        .set_redis_settings(settings)
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
 }
 
 /// A path from a URL parameter (`%2F` and friends decoded).
@@ -287,6 +359,25 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The topic for a channel whose subscribers are counted (RPC presence and
+    /// inboxes): sharded on a cluster, where a plain channel's count is one node's.
+    pub(crate) fn counted_topic(&self, channel: String) -> pubsub::Topic {
+        if self.link.is_cluster() {
+            pubsub::Topic::Shard(channel)
+        } else {
+            pubsub::Topic::Channel(channel)
+        }
+    }
+
+    /// The command publishing on a [`counted_topic`](Self::counted_topic).
+    pub(crate) fn counted_publish(&self) -> &'static str {
+        if self.link.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             Err(Error::Closed)
@@ -328,7 +419,7 @@ impl RedisBus {
         let uid = format!("{}", MessageId::new());
         let shared = Arc::new(Shared {
             inbox_name: rpc::inbox_channel(&config.namespace, &uid),
-            inbox_prefix: rpc::inbox_channel(&config.namespace, ""),
+            inbox_prefix: rpc::inbox_prefix(&config.namespace),
             uid,
             stats,
             link,
@@ -561,13 +652,14 @@ async fn flush(bus: &Shared) {
     }
 }
 
-/// Opens `redis://` and `rediss://` URLs for `Bus::connect`.
+/// Opens `redis://`, `rediss://`, `redis+cluster://` and `rediss+cluster://`
+/// URLs for `Bus::connect`.
 pub struct RedisConnector;
 
 #[async_trait]
 impl Connector for RedisConnector {
     fn schemes(&self) -> &'static [&'static str] {
-        &["redis", "rediss"]
+        &["redis", "rediss", "redis+cluster", "rediss+cluster"]
     }
 
     async fn connect(&self, url: &str) -> Result<Arc<dyn EventBus>> {
@@ -588,6 +680,24 @@ mod tests {
         assert_eq!(config.namespace, "app");
         assert_eq!(config.publish_buffer, 5);
         assert_eq!(config.redis_url(), "redis://u:p@h:1/2?foo=bar");
+    }
+
+    #[test]
+    fn reads_cluster_seed_nodes_with_their_credentials() {
+        let config =
+            Config::from_url("redis+cluster://u:p@h1:1,h2:2?namespace=app&foo=bar").unwrap();
+        assert!(config.is_cluster() && !config.is_tls());
+        assert_eq!(config.namespace, "app");
+        assert_eq!(
+            config.cluster_nodes.as_deref().unwrap(),
+            ["redis://u:p@h1:1?foo=bar", "redis://u:p@h2:2?foo=bar"]
+        );
+        let tls = Config::from_url("rediss+cluster://h1:1/0").unwrap();
+        assert!(tls.is_cluster() && tls.is_tls());
+        let err = Config::from_url("redis+cluster://h1:1/3").unwrap_err();
+        assert!(err.to_string().contains("database 0"), "{err}");
+        assert!(Config::from_url("redis+cluster://").is_err());
+        assert!(!Config::from_url("redis://h:1").unwrap().is_cluster());
     }
 
     #[test]

@@ -13,12 +13,12 @@
 //! once Redis has confirmed. When the connection is lost, the task reconnects with
 //! backoff and subscribes again to every channel and glob in use.
 
-use crate::connection::{transport_error, Backoff, Opener};
+use crate::connection::{transport_error, Backoff, Connection, Opener};
 use busbar_core::mailbox::{mailbox, MailboxSender};
 use busbar_core::transport::{Guard, RawSubscription, SubscribeOptions};
 use busbar_core::{wire, Envelope, Error, Kind, Pattern, Result, Stats};
 use bytes::Bytes;
-use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
+use redis::aio::{AsyncPushSender, SendError};
 use redis::{PushInfo, PushKind, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +33,9 @@ pub(crate) enum Topic {
     Channel(String),
     /// `PSUBSCRIBE`d glob.
     Glob(String),
+    /// A channel whose subscribers must be counted where its hash slot lives:
+    /// `SSUBSCRIBE`d on a cluster, `SUBSCRIBE`d on a single server.
+    Shard(String),
 }
 
 /// Something that consumes messages arriving on a channel or glob.
@@ -209,7 +212,7 @@ struct Owner {
     opener: Arc<Opener>,
     registry: Arc<Registry>,
     stats: Arc<Stats>,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Connection>,
     generation: u64,
     lost_tx: mpsc::UnboundedSender<u64>,
     /// Subscribe requests to confirm once the connection is back.
@@ -254,11 +257,9 @@ impl Owner {
             return;
         };
         let result = match &request {
-            Control::Subscribe(Topic::Channel(c), _) => conn.subscribe(c).await,
-            Control::Subscribe(Topic::Glob(g), _) => conn.psubscribe(g).await,
+            Control::Subscribe(topic, _) => conn.subscribe(topic).await,
             Control::Unsubscribe(topic) if self.registry.is_used(topic) => Ok(()),
-            Control::Unsubscribe(Topic::Channel(c)) => conn.unsubscribe(c).await,
-            Control::Unsubscribe(Topic::Glob(g)) => conn.punsubscribe(g).await,
+            Control::Unsubscribe(topic) => conn.unsubscribe(topic).await,
             Control::Sync(_) => Ok(()),
         };
         match result {
@@ -322,41 +323,43 @@ impl Owner {
 
 /// Subscribes again to every topic in use. Only a lost connection fails it: a
 /// topic Redis refuses (its ACL changed) is logged and skipped.
-async fn resubscribe(conn: &mut MultiplexedConnection, topics: &[Topic]) -> redis::RedisResult<()> {
-    let channels: Vec<&str> = topics
-        .iter()
-        .filter_map(|t| match t {
-            Topic::Channel(c) => Some(c.as_str()),
-            Topic::Glob(_) => None,
-        })
-        .collect();
-    let globs: Vec<&str> = topics
-        .iter()
-        .filter_map(|t| match t {
-            Topic::Glob(g) => Some(g.as_str()),
-            Topic::Channel(_) => None,
-        })
-        .collect();
+async fn resubscribe(conn: &mut Connection, topics: &[Topic]) -> redis::RedisResult<()> {
+    let names = |glob: bool| -> Vec<&str> {
+        topics
+            .iter()
+            .filter_map(|t| match t {
+                Topic::Glob(g) if glob => Some(g.as_str()),
+                Topic::Channel(c) | Topic::Shard(c) if !glob => Some(c.as_str()),
+                _ => None,
+            })
+            .collect()
+    };
+    // A single server takes them all in two commands; a cluster takes sharded
+    // channels one by one (each lives on its own node).
     let all_at_once = async {
-        if !channels.is_empty() {
-            conn.subscribe(&channels).await?;
+        match conn {
+            Connection::Single(c) => {
+                let (channels, globs) = (names(false), names(true));
+                if !channels.is_empty() {
+                    c.subscribe(&channels).await?;
+                }
+                if !globs.is_empty() {
+                    c.psubscribe(&globs).await?;
+                }
+                Ok::<_, redis::RedisError>(true)
+            }
+            Connection::Cluster(_) => Ok(false),
         }
-        if !globs.is_empty() {
-            conn.psubscribe(&globs).await?;
-        }
-        Ok::<_, redis::RedisError>(())
     }
     .await;
     match all_at_once {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
         Err(err) if !crate::connection::is_connection_error(&err) => {}
-        other => return other,
+        Err(err) => return Err(err),
     }
     for topic in topics {
-        let result = match topic {
-            Topic::Channel(c) => conn.subscribe(c).await,
-            Topic::Glob(g) => conn.psubscribe(g).await,
-        };
-        match result {
+        match conn.subscribe(topic).await {
             Err(err) if crate::connection::is_connection_error(&err) => return Err(err),
             Err(err) => {
                 tracing::warn!(%err, ?topic, "redis refused a subscription when reconnecting")
@@ -372,7 +375,7 @@ async fn open(
     registry: &Arc<Registry>,
     lost: &mpsc::UnboundedSender<u64>,
     generation: u64,
-) -> redis::RedisResult<MultiplexedConnection> {
+) -> redis::RedisResult<Connection> {
     let reader = Reader {
         registry: registry.clone(),
         lost: lost.clone(),
@@ -396,12 +399,17 @@ struct Reader {
 impl AsyncPushSender for Reader {
     fn send(&self, info: PushInfo) -> std::result::Result<(), SendError> {
         match info.kind {
-            PushKind::Message => {
+            PushKind::Message | PushKind::SMessage => {
                 let mut data = info.data.into_iter();
                 if let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
                     (data.next(), data.next())
                 {
-                    let topic = Topic::Channel(String::from_utf8_lossy(&channel).into_owned());
+                    let name = String::from_utf8_lossy(&channel).into_owned();
+                    let topic = if info.kind == PushKind::SMessage {
+                        Topic::Shard(name)
+                    } else {
+                        Topic::Channel(name)
+                    };
                     self.registry
                         .dispatch(&topic, &channel, &Bytes::from(payload));
                 }
@@ -535,7 +543,11 @@ pub(crate) async fn publish(bus: &crate::Shared, event: Envelope) -> Result<()> 
     let payload = wire::encode(&event)?;
     let channel = Bytes::from(event_channel(&bus.config.namespace, event.subject.as_str()));
     bus.writer
-        .send(crate::connection::Job::Publish { channel, payload })
+        .send(crate::connection::Job::Publish {
+            channel,
+            payload,
+            sharded: false,
+        })
         .await
 }
 

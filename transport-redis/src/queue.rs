@@ -245,7 +245,7 @@ async fn wait(
     timeout: Duration,
     visibility_ms: u64,
 ) -> Result<Popped> {
-    let mut blocking = bus.pool.take().await?;
+    let mut blocking = bus.pool.take(base).await?;
     let _waiting = Waiting::enter(bus, base);
     let processing = format!("{base}:p");
     let grace = bus.config.response_timeout;
@@ -352,11 +352,13 @@ impl Drop for Abandon<'_> {
             .arg(self.base)
             .arg("LEFT")
             .arg("RIGHT");
-        for cmd in [unblock, back] {
-            if !self.bus.writer.send_now(Job::Command(cmd)) {
-                tracing::debug!("could not clean up an abandoned pop now; the reaper will");
-                return;
-            }
+        // One job: on a cluster both go to the node of the queue (and of the pop).
+        let job = Job::Commands {
+            key: self.base.to_owned().into(),
+            cmds: Box::new([unblock, back]),
+        };
+        if !self.bus.writer.send_now(job) {
+            tracing::debug!("could not clean up an abandoned pop now; the reaper will");
         }
     }
 }
@@ -425,7 +427,10 @@ async fn parse_taken(bus: &Arc<Shared>, base: &str, value: Value) -> Option<Take
 
 /// Acknowledges through the ordered writer, without waiting for Redis.
 async fn settle_later(bus: &Shared, base: &str, id: &[u8; 16]) {
-    let job = Job::Commands(settle_commands(base, id).into());
+    let job = Job::Commands {
+        key: base.to_owned().into(),
+        cmds: settle_commands(base, id).into(),
+    };
     if let Err(err) = bus.writer.send(job).await {
         tracing::warn!(%err, "could not acknowledge a queue item; it will be delivered again");
     }

@@ -1,17 +1,21 @@
 //! RPC over Redis: a request list per method for load-balanced calls, a channel
 //! per method for presence and `call_all`, and a reply channel per bus.
 //!
-//! - Every provider of `m` subscribes to the channel `ns:r:m`. Its subscriber count
-//!   is the number of buses serving `m`.
-//! - `call`: one Lua script checks that count (`PUBSUB NUMSUB`) and, when
+//! - Every provider of `m` subscribes to the channel `ns:r:{m}`. Its subscriber
+//!   count is the number of buses serving `m`. On Redis Cluster it is a sharded
+//!   channel (`SSUBSCRIBE`), which lives on the node of its hash slot, the same
+//!   slot as the request list, so the count is whole where the script runs.
+//! - `call`: one Lua script checks that count (`PUBSUB NUMSUB`, or
+//!   `SHARDNUMSUB` on a cluster) and, when
 //!   non-zero, `LPUSH`es the request onto the list `ns:rq:{m}`; zero is
 //!   [`Error::NoResponders`] after one round trip. Each provider pops the list with
 //!   `BLMPOP` (up to a batch at a time) on a connection of its own, so each request
 //!   is answered by exactly one provider, whichever is free.
-//! - `call_all`: `PUBLISH` to `ns:r:m`, whose reply is the number of buses that
+//! - `call_all`: `PUBLISH` (`SPUBLISH`) to `ns:r:{m}`, whose reply is the number of buses that
 //!   received it; the call ends as soon as that many have answered (a bus with
 //!   several providers of `m` says so in its replies' `busbar-providers` header).
-//! - Replies are published to the caller's inbox channel `ns:i:<bus id>` and
+//! - Replies are published to the caller's inbox channel `ns:i:{<bus id>}` (sharded
+//!   on a cluster, so a reply crosses to one node only) and
 //!   routed to the waiting call by correlation id.
 //!
 //! The envelopes travel untouched (a security layer above may have signed
@@ -29,8 +33,8 @@
 //! left in the list by a provider that vanished is dropped by the next provider
 //! when expired; the list itself expires when no call used it for a while.
 
-use crate::connection::Backoff;
-use crate::pubsub::{decode, Route, Topic};
+use crate::connection::{Backoff, Connection};
+use crate::pubsub::{decode, Route};
 use crate::Shared;
 use busbar_core::reply::{error_reply, respond};
 use busbar_core::transport::{Guard, Handler};
@@ -55,11 +59,12 @@ const POP_WINDOW: usize = 2;
 const POP_BATCH: usize = 64;
 
 /// KEYS[1] = request list; ARGV[1] = presence channel, ARGV[2] = request,
-/// ARGV[3] = list expiry (ms). Returns the number of providers (0: not queued).
+/// ARGV[3] = list expiry (ms), ARGV[4] = how to count the presence channel's
+/// subscribers ([`NUMSUB`]). Returns the number of providers (0: not queued).
 static CALL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local n = redis.call('PUBSUB', 'NUMSUB', ARGV[1])[2]
+local n = redis.call('PUBSUB', ARGV[4], ARGV[1])[2]
 if n == 0 then return 0 end
 redis.call('LPUSH', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -67,8 +72,20 @@ return n",
     )
 });
 
+/// The presence channel of `method`. It shares the request list's hash slot,
+/// so on a cluster its (sharded) subscribers are counted on the node that
+/// runs [`CALL`].
 pub(crate) fn presence_channel(namespace: &str, method: &str) -> String {
-    format!("{namespace}:r:{method}")
+    format!("{namespace}:r:{{{method}}}")
+}
+
+/// The `PUBSUB` subcommand counting a presence channel's subscribers.
+fn numsub(bus: &Shared) -> &'static str {
+    if bus.link.is_cluster() {
+        "SHARDNUMSUB"
+    } else {
+        "NUMSUB"
+    }
 }
 
 fn request_list(namespace: &str, method: &str) -> String {
@@ -76,7 +93,12 @@ fn request_list(namespace: &str, method: &str) -> String {
 }
 
 pub(crate) fn inbox_channel(namespace: &str, uid: &str) -> String {
-    format!("{namespace}:i:{uid}")
+    format!("{}{{{uid}}}", inbox_prefix(namespace))
+}
+
+/// What every inbox channel of `namespace` starts with.
+pub(crate) fn inbox_prefix(namespace: &str) -> String {
+    format!("{namespace}:i:")
 }
 
 fn frame_request(reply_to: &str, envelope: &[u8]) -> Vec<u8> {
@@ -214,7 +236,7 @@ async fn inbox(bus: &Arc<Shared>) -> Result<&str> {
             let route = InboxRoute {
                 bus: Arc::downgrade(bus),
             };
-            let topic = Topic::Channel(bus.inbox_name.clone());
+            let topic = bus.counted_topic(bus.inbox_name.clone());
             bus.subscriber.add(topic, Arc::new(route)).await
         })
         .await?;
@@ -238,7 +260,8 @@ pub(crate) async fn call(bus: &Arc<Shared>, request: Envelope) -> Result<Envelop
     invocation
         .arg(presence_channel(&bus.config.namespace, method))
         .arg(&bytes[..])
-        .arg(expiry);
+        .arg(expiry)
+        .arg(numsub(bus));
     let sent = invocation.invoke_async::<i64>(&mut c);
     let providers = match tokio::time::timeout(timeout, sent).await {
         Ok(result) => conn.check(result)?,
@@ -271,7 +294,7 @@ pub(crate) async fn call_all(
     let mut waiter = bus.pending.register(request.id);
     let conn = bus.link.get(bus.config.outage_wait.min(timeout)).await?;
     let mut c = conn.conn.clone();
-    let mut publish = redis::cmd("PUBLISH");
+    let mut publish = redis::cmd(bus.counted_publish());
     publish
         .arg(presence_channel(&bus.config.namespace, method))
         .arg(&bytes[..]);
@@ -421,6 +444,7 @@ fn queue_reply(
     let job = crate::connection::Job::Publish {
         channel: Bytes::from(reply_to),
         payload: Bytes::from(payload),
+        sharded: true,
     };
     if let Err(job) = bus.writer.try_send(job) {
         // Full buffer: wait for room in a task of its own.
@@ -452,7 +476,7 @@ async fn send_reply(
     let sent = match bus.link.get(bus.config.outage_wait).await {
         Ok(conn) => {
             let mut c = conn.conn.clone();
-            let result = redis::cmd("PUBLISH")
+            let result = redis::cmd(bus.counted_publish())
                 .arg(&reply_to)
                 .arg(&payload[..])
                 .exec_async(&mut c)
@@ -513,8 +537,9 @@ impl Serving {
         let task = lock(&self.task).take();
         if let Some(mut task) = task {
             let mut stopped = false;
+            let list = request_list(&bus.config.namespace, &self.provider.method);
             for _ in 0..250 {
-                unblock(bus, self.provider.client_id.load(Ordering::Acquire)).await;
+                unblock(bus, &list, self.provider.client_id.load(Ordering::Acquire)).await;
                 if tokio::time::timeout(Duration::from_millis(20), &mut task)
                     .await
                     .is_ok()
@@ -535,24 +560,23 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn unblock(bus: &Shared, client_id: i64) {
+/// Ends the blocking pop of the connection `client_id`, blocked on `list`.
+async fn unblock(bus: &Shared, list: &str, client_id: i64) {
     if let Ok(conn) = bus.link.get(bus.config.response_timeout).await {
         let mut c = conn.conn.clone();
-        let result = redis::cmd("CLIENT")
-            .arg("UNBLOCK")
-            .arg(client_id)
-            .exec_async(&mut c)
-            .await;
+        let mut unblock = redis::cmd("CLIENT");
+        unblock.arg("UNBLOCK").arg(client_id);
+        let result = c.query_at::<Value>(list.as_bytes(), &unblock).await;
         let _ = conn.check(result);
     }
 }
 
-/// KEYS[1] = request list, ARGV[1] = presence channel. With no provider left,
-/// takes every queued request.
+/// KEYS[1] = request list, ARGV[1] = presence channel, ARGV[2] = [`NUMSUB`].
+/// With no provider left, takes every queued request.
 static DRAIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('PUBSUB', 'NUMSUB', ARGV[1])[2] ~= 0 then return {} end
+if redis.call('PUBSUB', ARGV[2], ARGV[1])[2] ~= 0 then return {} end
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 redis.call('DEL', KEYS[1])
 return items",
@@ -566,7 +590,9 @@ async fn refuse_queued(bus: &Arc<Shared>, method: &str) {
     };
     let mut c = conn.conn.clone();
     let mut invocation = DRAIN.key(request_list(namespace, method));
-    invocation.arg(presence_channel(namespace, method));
+    invocation
+        .arg(presence_channel(namespace, method))
+        .arg(numsub(bus));
     let result = invocation.invoke_async::<Vec<Vec<u8>>>(&mut c).await;
     let Ok(items) = conn.check(result) else {
         return;
@@ -598,7 +624,8 @@ pub(crate) async fn serve(
     });
     // The pop loop connects first, so presence never advertises a provider that
     // cannot take requests yet.
-    let first = bus.pool.take().await?;
+    let list = request_list(&bus.config.namespace, method.as_str());
+    let first = bus.pool.take(&list).await?;
     provider.client_id.store(first.client_id, Ordering::Release);
     *bus.providers.entry(provider.method.clone()).or_insert(0) += 1;
     let count = {
@@ -623,7 +650,7 @@ pub(crate) async fn serve(
     let presence = bus
         .subscriber
         .add(
-            Topic::Channel(presence_channel(&bus.config.namespace, method.as_str())),
+            bus.counted_topic(presence_channel(&bus.config.namespace, method.as_str())),
             provider,
         )
         .await;
@@ -668,11 +695,7 @@ fn millis(d: Duration) -> u64 {
 ///
 /// Two pops are kept outstanding on the connection: Redis runs the second as soon
 /// as the first returns, so intake never waits a round trip between batches.
-async fn pop_loop(
-    bus: Weak<Shared>,
-    provider: Arc<Provider>,
-    mut conn: redis::aio::MultiplexedConnection,
-) {
+async fn pop_loop(bus: Weak<Shared>, provider: Arc<Provider>, mut conn: Connection) {
     let Some(strong) = bus.upgrade() else { return };
     let list = Arc::new(request_list(&strong.config.namespace, &provider.method));
     let permits = Arc::new(Semaphore::new(
@@ -777,14 +800,11 @@ async fn put_back(bus: &Shared, list: &str, items: Vec<Vec<u8>>) {
     }
 }
 
-async fn reconnect(
-    bus: &Shared,
-    provider: &Provider,
-    backoff: &mut Backoff,
-) -> redis::aio::MultiplexedConnection {
+async fn reconnect(bus: &Shared, provider: &Provider, backoff: &mut Backoff) -> Connection {
+    let list = request_list(&bus.config.namespace, &provider.method);
     loop {
         backoff.wait().await;
-        match bus.pool.take().await {
+        match bus.pool.take(&list).await {
             Ok(blocking) => {
                 provider
                     .client_id
