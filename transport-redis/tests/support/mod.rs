@@ -1,0 +1,92 @@
+//! Waits shared by the fault tests: each retries the operation that proves
+//! recovery until it succeeds, bounded by [`RECOVERY`]; none sleeps.
+#![allow(dead_code)] // each test binary uses its own part
+
+use busbar_core::{Bus, Subscription};
+use futures::StreamExt;
+use std::future::Future;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Longest any recovery may take.
+pub(crate) const RECOVERY: Duration = Duration::from_secs(20);
+/// Marker events carry this value.
+pub(crate) const MARK: u32 = u32::MAX;
+
+/// Retries `attempt` until it yields `Some`, failing after [`RECOVERY`].
+pub(crate) async fn recovered<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not recover within {RECOVERY:?}"
+        );
+    }
+}
+
+/// Publishes markers until the subscription receives one: proof it is live again.
+pub(crate) async fn subscription_is_live(
+    publisher: &Bus,
+    topic: &str,
+    sub: &mut Subscription<u32>,
+) {
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let _ = publisher.publish_to(topic, &MARK).await;
+        match tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+            Ok(Some(Ok(MARK))) => return,
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => panic!("the subscription ended"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscription did not recover within {RECOVERY:?}"
+        );
+    }
+}
+
+/// Calls until the provider answers: proof it serves again.
+pub(crate) async fn provider_is_live(client: &Bus, method: &str) {
+    let stub = client
+        .stub::<u32, u32>(method)
+        .expect("stub")
+        .timeout(Duration::from_millis(500));
+    recovered("the provider", || async {
+        match stub.call(&20).await {
+            Ok(answer) => {
+                assert_eq!(answer, 21);
+                Some(())
+            }
+            Err(_) => None,
+        }
+    })
+    .await;
+}
+
+/// The next event that is not a marker.
+pub(crate) async fn next(sub: &mut Subscription<u32>) -> u32 {
+    loop {
+        match tokio::time::timeout(RECOVERY, sub.next()).await {
+            Ok(Some(Ok(MARK))) => continue,
+            Ok(Some(Ok(n))) => return n,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+}
+
+/// Puts `0..n`, retrying a put that failed (it may then be stored twice).
+pub(crate) fn produce(bus: Bus, queue: &str, n: u32) -> tokio::task::JoinHandle<()> {
+    let q = bus.queue::<u32>(queue).unwrap();
+    tokio::spawn(async move {
+        for i in 0..n {
+            recovered("a put", || async { q.put(&i).await.ok() }).await;
+        }
+    })
+}
