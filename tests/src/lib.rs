@@ -258,6 +258,7 @@ macro_rules! suite {
             live_on_return_across_buses,
             pattern_subscription_live_on_return,
             order_per_publisher_10k,
+            order_per_publisher_across_topics,
             order_per_publisher_with_two_publishers,
             drop_unsubscribes,
             dropped_listener_stops_handling,

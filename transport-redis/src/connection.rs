@@ -593,13 +593,17 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// Starts the writer. On a cluster, plain publishes all go through the node
+    /// holding `events_via`: nodes forward them to each other in order, but two
+    /// nodes' publishes can overtake each other on the way to a subscriber.
     pub(crate) fn start(
         link: Arc<CommandLink>,
         config: &Config,
+        events_via: Bytes,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let capacity = config.publish_buffer.max(1);
         let (tx, rx) = mpsc::channel(capacity);
-        let task = tokio::spawn(write_loop(link.clone(), rx, config.outage_wait));
+        let task = tokio::spawn(write_loop(link.clone(), rx, config.outage_wait, events_via));
         (
             Writer {
                 tx,
@@ -652,7 +656,12 @@ impl Writer {
     }
 }
 
-async fn write_loop(link: Arc<CommandLink>, mut rx: mpsc::Receiver<Job>, outage_wait: Duration) {
+async fn write_loop(
+    link: Arc<CommandLink>,
+    mut rx: mpsc::Receiver<Job>,
+    outage_wait: Duration,
+    events_via: Bytes,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut flushed = Vec::new();
     let cluster = link.is_cluster();
@@ -660,7 +669,7 @@ async fn write_loop(link: Arc<CommandLink>, mut rx: mpsc::Receiver<Job>, outage_
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
         }
-        let pipes = pipelines(batch.drain(..), cluster, &mut flushed);
+        let pipes = pipelines(batch.drain(..), cluster, &events_via, &mut flushed);
         let count: usize = pipes.iter().map(|(_, pipe)| pipe.len()).sum();
         if count == 0 {
             for done in flushed.drain(..) {
@@ -682,8 +691,8 @@ async fn write_loop(link: Arc<CommandLink>, mut rx: mpsc::Receiver<Job>, outage_
                 Err(_) => continue,
             }
         };
-        // One pipeline per node; each keeps its jobs' order, and one channel or
-        // key always goes to the same node, so per-publisher order holds.
+        // One pipeline per node; each keeps its jobs' order, and every event
+        // goes through one node, so per-publisher order holds.
         let sent = futures::future::join_all(pipes.into_iter().map(|(key, pipe)| {
             let mut redis_conn = conn.conn.clone();
             async move { redis_conn.exec_at(&key, pipe).await }
@@ -704,10 +713,11 @@ async fn write_loop(link: Arc<CommandLink>, mut rx: mpsc::Receiver<Job>, outage_
 }
 
 /// The batch as pipelines: one for a single server, one per hash slot for a
-/// cluster (each named by a key of its slot).
+/// cluster (each named by a key of its slot; plain publishes by `events_via`).
 fn pipelines(
     batch: impl Iterator<Item = Job>,
     cluster: bool,
+    events_via: &Bytes,
     flushed: &mut Vec<tokio::sync::oneshot::Sender<()>>,
 ) -> Vec<(Bytes, redis::Pipeline)> {
     let mut pipes: Vec<(Bytes, redis::Pipeline)> = Vec::new();
@@ -725,7 +735,10 @@ fn pipelines(
                     "PUBLISH"
                 });
                 publish.arg(&channel[..]).arg(&payload[..]);
-                (channel, vec![publish])
+                (
+                    if sharded { channel } else { events_via.clone() },
+                    vec![publish],
+                )
             }
             Job::Commands { key, cmds } => (key, cmds.into_vec()),
             Job::Flush(done) => {

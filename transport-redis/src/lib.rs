@@ -56,8 +56,8 @@
 //! - a queue's keys share one hash slot (`ns:q:{queue}`, `:p`, `:fly`, ...), so
 //!   its Lua scripts run on one node; blocking pops go to that node;
 //! - events use plain `PUBLISH`/`PSUBSCRIBE`, which a cluster forwards to every
-//!   node, so wildcard subscriptions work; one topic is always published through
-//!   the node of its channel's slot, which keeps per-publisher order;
+//!   node, so wildcard subscriptions work; a bus publishes every event through
+//!   one node (the one of its id's slot), which keeps per-publisher order;
 //! - RPC presence and inboxes are sharded channels (`SSUBSCRIBE`/`SPUBLISH`) in
 //!   the slot of the method's request list, so the subscriber count that `call`
 //!   and `call_all` rely on is complete on the node that reads it (a plain
@@ -413,10 +413,11 @@ impl RedisBus {
         let stats = Arc::new(Stats::default());
         let opener = Arc::new(Opener::new(config.clone())?);
         let (link, link_task) = CommandLink::connect(opener.clone(), stats.clone()).await?;
-        let (writer, writer_task) = Writer::start(link.clone(), &config);
+        let uid = format!("{}", MessageId::new());
+        // On a cluster, each bus publishes its events through the node of its id.
+        let (writer, writer_task) = Writer::start(link.clone(), &config, uid.clone().into());
         let (subscriber, subscriber_task) =
             Subscriber::connect(opener.clone(), stats.clone()).await?;
-        let uid = format!("{}", MessageId::new());
         let shared = Arc::new(Shared {
             inbox_name: rpc::inbox_channel(&config.namespace, &uid),
             inbox_prefix: rpc::inbox_prefix(&config.namespace),
