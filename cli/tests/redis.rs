@@ -66,3 +66,41 @@ fn unreachable_server_is_a_transport_error() {
     );
     assert!(failed.stderr.contains("busbar: error:"), "{failed:?}");
 }
+
+#[test]
+fn raw_baseline_keeps_the_tls_settings() {
+    let server = busbar_test_support::RedisServer::start_tls();
+    let url = format!("{}&namespace={}", server.tls_url(), common::unique("tls"));
+    let done = run(&[
+        "bench", "rpc", "--msgs", "200", "--raw", "--json", "--url", &url,
+    ]);
+    done.expect_ok();
+    let report = &done.json_lines()[0];
+    assert_eq!(report["busbar"]["received"], 200, "{report}");
+    assert_eq!(report["raw"]["label"], "raw redis-rs", "{report}");
+    assert_eq!(report["raw"]["received"], 200, "{report}");
+}
+
+/// A Redis Cluster URL for `test`, with a namespace of its own.
+fn cluster_url(test: &str) -> String {
+    format!(
+        "{}?namespace={}",
+        busbar_test_support::RedisCluster::shared().url(),
+        common::unique(test)
+    )
+}
+
+#[test]
+fn cluster_pub_sub() {
+    scenarios::pub_sub(&cluster_url("cluster-pubsub"));
+}
+
+#[test]
+fn cluster_call_and_serve() {
+    scenarios::call_and_serve(&cluster_url("cluster-rpc"));
+}
+
+#[test]
+fn cluster_queue() {
+    scenarios::queue(&cluster_url("cluster-queue"));
+}

@@ -158,15 +158,45 @@ async fn serve(mut con: MultiplexedConnection, requests: String, stop: Arc<Atomi
     }
 }
 
-/// The server address of a busbar Redis URL, without busbar's query parameters.
-fn server_url(url: &str) -> String {
-    url.split_once('?').map_or(url, |(base, _)| base).to_owned()
+/// A client for the server of a busbar Redis URL: busbar's own parameters
+/// dropped, its TLS files (`tls_ca`, `tls_cert`, `tls_key`) kept.
+fn client(url: &str) -> CmdResult<Client> {
+    let config = busbar::redis::Config::from_url(url)
+        .map_err(|err| Failure::Other(format!("raw redis: {err}")))?;
+    if config.is_cluster() {
+        return Err(Failure::Other(
+            "raw redis: --raw has no Redis Cluster baseline; run it against one node".into(),
+        ));
+    }
+    if !config.is_tls() {
+        return Client::open(config.redis_url()).map_err(failed("open"));
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|err| Failure::Other(format!("raw redis: read {}: {err}", path.display())))
+    };
+    let root_cert = config.tls_ca.as_deref().map(read).transpose()?;
+    let client_tls = match &config.tls_client {
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        None => None,
+    };
+    Client::build_with_tls(
+        config.redis_url(),
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(failed("open"))
 }
 
 /// Runs `plan` with redis-rs on the server of `url`.
 pub(crate) async fn run(plan: &Plan, url: &str, factory: Factory) -> CmdResult<Outcome> {
     let label = "raw redis-rs".to_owned();
-    let client = Client::open(server_url(url)).map_err(failed("open"))?;
+    let client = client(url)?;
     let prefix = format!("busbar-raw:{}", plan.name("x"));
     Ok(match plan.workload {
         Workload::Pubsub => {
@@ -254,11 +284,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn busbar_parameters_are_removed() {
+    fn busbar_parameters_are_removed_and_tls_files_read() {
+        let plain = client("redis://127.0.0.1:1/?namespace=x").unwrap();
         assert_eq!(
-            server_url("redis://127.0.0.1:1/?namespace=x"),
-            "redis://127.0.0.1:1/"
+            plain.get_connection_info().addr().to_string(),
+            "127.0.0.1:1"
         );
-        assert_eq!(server_url("redis://h:2/0"), "redis://h:2/0");
+        let err = client("rediss://127.0.0.1:1/?tls_ca=/nonexistent/ca.pem").unwrap_err();
+        assert!(
+            format!("{err:?}").contains("/nonexistent/ca.pem"),
+            "{err:?}"
+        );
+        assert!(client("redis+cluster://127.0.0.1:1,127.0.0.1:2").is_err());
     }
 }
