@@ -42,12 +42,44 @@ impl RedisCluster {
     /// When `redis-server` or `redis-cli` is missing (with an install hint), or
     /// the cluster does not come up within [`CLUSTER_DEADLINE`].
     pub fn start() -> RedisCluster {
+        Self::start_with(false)
+    }
+
+    /// Like [`start`](Self::start) but every node runs with `--appendonly yes`
+    /// (fsync always), so data survives [`stop`](Self::stop) and
+    /// [`resume`](Self::resume).
+    pub fn start_persistent() -> RedisCluster {
+        Self::start_with(true)
+    }
+
+    /// Kills every node (`kill -9`, like a crash of the whole cluster).
+    pub fn stop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+    }
+
+    /// Starts every [`stop`](Self::stop)ped node again on its ports and data
+    /// directory, and waits until the cluster reports `cluster_state:ok` again.
+    ///
+    /// # Panics
+    /// When it does not within [`CLUSTER_DEADLINE`].
+    pub fn resume(&mut self) {
+        for node in &mut self.nodes {
+            node.resume();
+        }
+        if let Err(err) = self.wait_ok() {
+            panic!("the Redis Cluster did not come back: {err}");
+        }
+    }
+
+    fn start_with(persistent: bool) -> RedisCluster {
         let mut last_error = String::new();
         // The node starts already retry on a taken port; a whole-cluster retry
         // covers what is left, e.g. a node dying of a bus port taken meanwhile.
         for _attempt in 0..3 {
             let cluster = RedisCluster {
-                nodes: (0..NODES).map(|_| start_node()).collect(),
+                nodes: (0..NODES).map(|_| start_node(persistent)).collect(),
             };
             match cluster.create().and_then(|()| cluster.wait_ok()) {
                 Ok(()) => return cluster,
@@ -209,8 +241,8 @@ impl std::fmt::Debug for RedisCluster {
 
 /// A cluster-enabled server whose bus port is picked explicitly: the default,
 /// port + 10000, may be taken or beyond 65535.
-fn start_node() -> RedisServer {
-    RedisServer::start_custom(false, false, |dir: &Path| {
+fn start_node(persistent: bool) -> RedisServer {
+    RedisServer::start_custom(persistent, false, |dir: &Path| {
         // An attempt that died on a taken port may have written nodes.conf with
         // that port: each attempt starts as a new node rather than relying on
         // redis to correct it.

@@ -335,7 +335,8 @@ impl CommandLink {
     }
 
     async fn open(&self, generation: u64) -> Result<Connection, RedisError> {
-        // A cluster connection replaces its lost node connections by itself.
+        // A cluster connection replaces a lost node connection by itself; only
+        // a command failing through its retries (`broken`) replaces it all.
         let watch: Option<Arc<dyn AsyncPushSender>> = if self.opener.is_cluster() {
             None
         } else {
@@ -388,11 +389,11 @@ impl CommandLink {
         }
     }
 
-    /// Reports that the connection of `generation` failed.
+    /// Reports that the connection of `generation` failed. On a cluster this
+    /// means the client's own retries failed too: the whole connection is
+    /// replaced, and writes wait (buffered) meanwhile, as on a single server.
     pub(crate) fn broken(&self, generation: u64) {
-        if !self.opener.is_cluster() {
-            let _ = self.lost.send(generation);
-        }
+        let _ = self.lost.send(generation);
     }
 
     /// True when connected to a Redis Cluster.

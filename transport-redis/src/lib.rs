@@ -64,10 +64,10 @@
 //!   channel's count only covers the node it is asked on);
 //! - the ordered writer sends one pipeline per hash slot.
 //!
-//! Lost node connections are restored by the cluster client (redis-rs), which
-//! retries a command a few times; subscriptions are replayed by busbar as on a
-//! single server. Unlike a single server, a batch of publishes that fails even
-//! so (the whole cluster unreachable) is logged and dropped, not buffered.
+//! A lost node connection is restored by the cluster client (redis-rs), which
+//! retries a command a few times; when a command fails even so, busbar replaces
+//! the whole cluster connection with backoff, buffering publishes meanwhile as
+//! on a single server, and replays subscriptions.
 //!
 //! Redis 7.0 or later is needed (`BLMPOP`, sharded pub/sub).
 #![deny(missing_docs)]

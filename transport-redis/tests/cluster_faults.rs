@@ -3,14 +3,14 @@
 
 mod support;
 
-use busbar_core::{Bus, Fault, Subscription};
+use busbar_core::{Bus, Error, Fault, Subscription};
 use busbar_redis::{Config, RedisBus};
 use busbar_test_support::RedisCluster;
 use futures::StreamExt;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use support::{next, produce, provider_is_live, subscription_is_live};
+use support::{next, produce, provider_is_live, subscription_is_live, RECOVERY};
 use tokio::time::Instant;
 
 async fn bus_with(url: &str, tune: impl FnOnce(&mut Config)) -> Bus {
@@ -119,4 +119,83 @@ async fn client_kill_on_every_node_loses_no_queue_item() {
     assert_eq!(kills, 3);
     producing.await.unwrap();
     producing_too.await.unwrap();
+}
+
+/// Polls the stats until `check` holds, bounded.
+async fn stats_reach(bus: &Bus, what: &str, check: impl Fn(&busbar_core::StatsSnapshot) -> bool) {
+    let deadline = Instant::now() + RECOVERY;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    while !check(&bus.stats()) {
+        assert!(Instant::now() < deadline, "{what}: stats {:?}", bus.stats());
+        tick.tick().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_restart_mid_stream() {
+    let mut cluster = RedisCluster::start_persistent();
+    let url = cluster.url();
+    let listener = bus_with(&url, |_| {}).await;
+    let client = bus_with(&format!("{url}?publish_buffer=8"), |c| {
+        c.outage_wait = Duration::from_millis(200);
+    })
+    .await;
+    let mut sub: Subscription<u32> = listener.subscribe_to("restart.>").await.unwrap();
+    let _provider = listener
+        .expose("restart.inc", |x: u32| async move { Ok::<_, Fault>(x + 1) })
+        .await
+        .unwrap();
+    let q = client.queue::<u32>("restart.q").unwrap();
+    let consumer = listener.queue::<u32>("restart.q").unwrap();
+    for i in 0..100u32 {
+        q.put(&i).await.unwrap();
+    }
+    let mut seen = HashSet::new();
+    while seen.len() < 50 {
+        let item = consumer.get(Duration::from_secs(5)).await.unwrap();
+        seen.insert(item.expect("an item"));
+    }
+    subscription_is_live(&client, "restart.a", &mut sub).await;
+
+    cluster.stop();
+    // Publishes are buffered up to the bound, then fail clearly.
+    let mut accepted = 0;
+    let err = loop {
+        match client.publish_to("restart.buffered", &1u32).await {
+            Ok(()) => accepted += 1,
+            Err(err) => break err,
+        }
+        assert!(
+            accepted < 100_000,
+            "publishing never failed during the outage"
+        );
+    };
+    assert!(accepted >= 8, "only {accepted} publishes were buffered");
+    assert!(matches!(err, Error::Transport(_)), "{err:?}");
+    stats_reach(&client, "the client noticed the outage", |s| {
+        s.disconnects >= 1
+    })
+    .await;
+    let stub = client
+        .stub::<u32, u32>("restart.inc")
+        .unwrap()
+        .timeout(Duration::from_secs(1));
+    assert!(stub.call(&1).await.is_err(), "calls fail during the outage");
+
+    tokio::task::block_in_place(|| cluster.resume());
+
+    subscription_is_live(&client, "restart.b", &mut sub).await;
+    provider_is_live(&client, "restart.inc").await;
+    let deadline = Instant::now() + RECOVERY;
+    while seen.len() < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "items lost in the restart: {} of 100 seen",
+            seen.len()
+        );
+        if let Ok(Some(item)) = consumer.get(Duration::from_millis(200)).await {
+            seen.insert(item);
+        }
+    }
+    stats_reach(&client, "reconnected", |s| s.reconnects >= 1).await;
 }
