@@ -69,7 +69,10 @@
 //! the whole cluster connection with backoff, buffering publishes meanwhile as
 //! on a single server, and replays subscriptions.
 //!
-//! Redis 7.0 or later is needed (`BLMPOP`, sharded pub/sub).
+//! Redis 7.0 or later is needed (`BLMPOP`, sharded pub/sub). The tests run the
+//! conformance suite and fault tests on a local three-master cluster;
+//! `rediss+cluster://` uses the same TLS settings as `rediss://` but has no
+//! test against a TLS cluster yet.
 #![deny(missing_docs)]
 
 mod connection;
