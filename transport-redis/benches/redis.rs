@@ -2,8 +2,9 @@
 //! same server in the same run.
 //!
 //! Run with: `CARGO_TARGET_DIR=/work/target-redis cargo bench -p busbar-redis --bench redis`
-//! (`BENCH_SCALE=0.2` for a quick pass). It starts its own redis-server on a free
-//! port; set `BUSBAR_REDIS_URL` to use another server.
+//! (`BENCH_SCALE=0.2` for a quick pass; `BENCH_ONLY=queue` for the queue row
+//! alone, with its raw baseline). It starts its own redis-server on a free port;
+//! set `BUSBAR_REDIS_URL` to use another server.
 //!
 //! - pub/sub: events received per second by one subscriber (on its own
 //!   connection) from one publisher calling `publish().await` in a loop, against
@@ -362,7 +363,9 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let setup = &setup;
-        // BENCH_ONLY=rpc1|rpc64|queue|queue-split|probe runs one busbar workload (for profiling).
+        // BENCH_ONLY=rpc1|rpc64|queue|queue-busbar|queue-raw|queue-split|probe runs one
+        // workload (for profiling); rpc1 and queue also run their raw baseline, for a
+        // ratio from the same run.
         match std::env::var("BENCH_ONLY").as_deref() {
             Ok("rpc64") => {
                 let calls = count(100_000.0);
@@ -445,10 +448,26 @@ fn main() {
                 println!("4 producers alone: {puts:.0} puts/s; 4 consumers of a full queue: {gets:.0} gets/s");
                 return;
             }
+            Ok("queue-busbar") => {
+                let items = count(200_000.0);
+                let r = best_rate(items, || busbar_queue(setup, items)).await;
+                println!("busbar {r:.0} items/s");
+                return;
+            }
+            Ok("queue-raw") => {
+                let items = count(200_000.0);
+                let r = best_rate(items, || raw_queue(setup, items)).await;
+                println!("raw {r:.0} items/s");
+                return;
+            }
             Ok("queue") => {
                 let items = count(200_000.0);
                 let r = best_rate(items, || busbar_queue(setup, items)).await;
-                println!("busbar queue: {r:.0} items/s");
+                let raw = best_rate(items, || raw_queue(setup, items)).await;
+                println!(
+                    "queue, 4 producers / 4 consumers: busbar {r:.0} items/s, raw LPUSH/BRPOP {raw:.0} items/s ({:.0}%)",
+                    100.0 * r / raw
+                );
                 return;
             }
             _ => {}

@@ -116,10 +116,10 @@ pub struct Config {
     /// Longest delay between reconnect attempts.
     pub reconnect_max: Duration,
     /// How long an item taken by `get` stays in flight if its acknowledgement is
-    /// lost (it then comes back). It only has to cover the moment between the
-    /// take and the acknowledgement `get` sends at once, so it is short: a `get`
-    /// abandoned while its pop was still parked on the server (its caller gave up,
-    /// and an item arrived before the unblock did) delays that item by this much.
+    /// lost (it then comes back). Only a connection lost between the take and the
+    /// acknowledgement leaves an item there: a `get` whose caller gives up puts
+    /// back what Redis handed it at once. Long enough (30 s) that an
+    /// acknowledgement delayed by a reconnect is not overtaken by a redelivery.
     pub get_visibility: Duration,
     /// How often a bus whose consumers wait looks for items whose visibility expired.
     pub reap_interval: Duration,
@@ -168,7 +168,7 @@ impl Config {
             connect_timeout: Duration::from_secs(5),
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_secs(2),
-            get_visibility: Duration::from_secs(2),
+            get_visibility: Duration::from_secs(30),
             reap_interval: Duration::from_millis(100),
             handler_concurrency: 256,
             shutdown_grace: Duration::from_secs(5),
@@ -357,6 +357,9 @@ pub(crate) struct Shared {
     closing: tokio::sync::watch::Sender<bool>,
     /// Deliveries handed out and not yet settled: put back at shutdown.
     unsettled: DashMap<(String, [u8; 16]), ()>,
+    /// Queue bookkeeping: acknowledgements waiting to ride with the next take,
+    /// and the Redis clock as last seen.
+    queues: queue::Local,
     /// Connection tasks, stopped last.
     core_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The writer: on drop it is left to send what was queued, then ends.
@@ -444,6 +447,7 @@ impl RedisBus {
             waiting_changed: tokio::sync::Notify::new(),
             closing: tokio::sync::watch::Sender::new(false),
             unsettled: DashMap::new(),
+            queues: Default::default(),
             core_tasks: Mutex::new(vec![link_task, subscriber_task]),
             writer_task: Mutex::new(Some(writer_task)),
             tasks: Mutex::new(Vec::new()),
