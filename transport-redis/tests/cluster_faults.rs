@@ -3,22 +3,15 @@
 
 mod support;
 
-use busbar_core::{Bus, Error, Fault, Subscription};
-use busbar_redis::{Config, RedisBus};
+use busbar_core::{Error, Fault, Subscription};
 use busbar_test_support::RedisCluster;
 use futures::StreamExt;
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
-use support::{next, produce, provider_is_live, subscription_is_live, RECOVERY};
+use support::{
+    bus_with, next, produce, provider_is_live, stats_reach, subscription_is_live, RECOVERY,
+};
 use tokio::time::Instant;
-
-async fn bus_with(url: &str, tune: impl FnOnce(&mut Config)) -> Bus {
-    let mut config = Config::from_url(url).expect("config");
-    tune(&mut config);
-    let bus = RedisBus::connect_with(config).await.expect("connect");
-    Bus::from_transport(Arc::new(bus))
-}
 
 fn kill_clients(cluster: &RedisCluster) {
     for node in 0..cluster.ports().len() {
@@ -119,16 +112,6 @@ async fn client_kill_on_every_node_loses_no_queue_item() {
     assert_eq!(kills, 3);
     producing.await.unwrap();
     producing_too.await.unwrap();
-}
-
-/// Polls the stats until `check` holds, bounded.
-async fn stats_reach(bus: &Bus, what: &str, check: impl Fn(&busbar_core::StatsSnapshot) -> bool) {
-    let deadline = Instant::now() + RECOVERY;
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    while !check(&bus.stats()) {
-        assert!(Instant::now() < deadline, "{what}: stats {:?}", bus.stats());
-        tick.tick().await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

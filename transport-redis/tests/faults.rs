@@ -5,31 +5,17 @@
 //! Every wait is bounded and waits for the event itself (a delivery, a reply, a
 //! counter moving), retrying the operation that proves recovery.
 
+mod support;
+
 use busbar_core::{Bus, Error, Fault, Subscription};
-use busbar_redis::{Config, RedisBus};
 use busbar_test_support::RedisServer;
 use futures::StreamExt;
 use std::collections::HashSet;
-use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
+use support::{
+    bus, bus_with, next, produce, provider_is_live, stats_reach, subscription_is_live, RECOVERY,
+};
 use tokio::time::Instant;
-
-/// Longest any recovery may take.
-const RECOVERY: Duration = Duration::from_secs(20);
-/// Marker events carry this value.
-const MARK: u32 = u32::MAX;
-
-async fn bus_with(url: &str, tune: impl FnOnce(&mut Config)) -> Bus {
-    let mut config = Config::from_url(url).expect("config");
-    tune(&mut config);
-    let bus = RedisBus::connect_with(config).await.expect("connect");
-    Bus::from_transport(Arc::new(bus))
-}
-
-async fn bus(url: &str) -> Bus {
-    bus_with(url, |_| {}).await
-}
 
 fn kill_clients(server: &RedisServer) {
     for kind in ["normal", "pubsub"] {
@@ -37,69 +23,6 @@ fn kill_clients(server: &RedisServer) {
             .command(&["CLIENT", "KILL", "TYPE", kind])
             .expect("CLIENT KILL");
         assert!(reply.starts_with(':'), "CLIENT KILL answered {reply:?}");
-    }
-}
-
-/// Retries `attempt` until it yields `Some`, failing after [`RECOVERY`].
-async fn recovered<T, F, Fut>(what: &str, mut attempt: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + RECOVERY;
-    loop {
-        if let Some(value) = attempt().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not recover within {RECOVERY:?}"
-        );
-    }
-}
-
-/// Publishes markers until the subscription receives one: proof it is live again.
-async fn subscription_is_live(publisher: &Bus, topic: &str, sub: &mut Subscription<u32>) {
-    let deadline = Instant::now() + RECOVERY;
-    loop {
-        let _ = publisher.publish_to(topic, &MARK).await;
-        match tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
-            Ok(Some(Ok(MARK))) => return,
-            Ok(Some(_)) | Err(_) => {}
-            Ok(None) => panic!("the subscription ended"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the subscription did not recover within {RECOVERY:?}"
-        );
-    }
-}
-
-/// Calls until the provider answers: proof it serves again.
-async fn provider_is_live(client: &Bus, method: &str) {
-    let stub = client
-        .stub::<u32, u32>(method)
-        .expect("stub")
-        .timeout(Duration::from_millis(500));
-    recovered("the provider", || async {
-        match stub.call(&20).await {
-            Ok(answer) => {
-                assert_eq!(answer, 21);
-                Some(())
-            }
-            Err(_) => None,
-        }
-    })
-    .await;
-}
-
-/// Polls the stats until `check` holds (like waiting for PING), bounded.
-async fn stats_reach(bus: &Bus, what: &str, check: impl Fn(&busbar_core::StatsSnapshot) -> bool) {
-    let deadline = Instant::now() + RECOVERY;
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    while !check(&bus.stats()) {
-        assert!(Instant::now() < deadline, "{what}: stats {:?}", bus.stats());
-        tick.tick().await;
     }
 }
 
@@ -140,26 +63,6 @@ async fn client_kill_restores_subscriptions_and_providers() {
         8,
         "each event once per subscription"
     );
-}
-
-async fn next(sub: &mut Subscription<u32>) -> u32 {
-    loop {
-        match tokio::time::timeout(RECOVERY, sub.next()).await {
-            Ok(Some(Ok(MARK))) => continue,
-            Ok(Some(Ok(n))) => return n,
-            other => panic!("expected an event, got {other:?}"),
-        }
-    }
-}
-
-/// Puts `0..n`, retrying a put that failed (it may then be stored twice).
-fn produce(bus: Bus, queue: &str, n: u32) -> tokio::task::JoinHandle<()> {
-    let q = bus.queue::<u32>(queue).unwrap();
-    tokio::spawn(async move {
-        for i in 0..n {
-            recovered("a put", || async { q.put(&i).await.ok() }).await;
-        }
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,10 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use busbar_core::{Bus, Subscription};
+use busbar_redis::{Config, RedisBus};
 use futures::StreamExt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -12,6 +14,33 @@ use tokio::time::Instant;
 pub(crate) const RECOVERY: Duration = Duration::from_secs(20);
 /// Marker events carry this value.
 pub(crate) const MARK: u32 = u32::MAX;
+
+/// A bus on `url` with settings changed by `tune`.
+pub(crate) async fn bus_with(url: &str, tune: impl FnOnce(&mut Config)) -> Bus {
+    let mut config = Config::from_url(url).expect("config");
+    tune(&mut config);
+    let bus = RedisBus::connect_with(config).await.expect("connect");
+    Bus::from_transport(Arc::new(bus))
+}
+
+/// A bus on `url` with the default settings.
+pub(crate) async fn bus(url: &str) -> Bus {
+    bus_with(url, |_| {}).await
+}
+
+/// Polls the stats until `check` holds (like waiting for PING), bounded.
+pub(crate) async fn stats_reach(
+    bus: &Bus,
+    what: &str,
+    check: impl Fn(&busbar_core::StatsSnapshot) -> bool,
+) {
+    let deadline = Instant::now() + RECOVERY;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    while !check(&bus.stats()) {
+        assert!(Instant::now() < deadline, "{what}: stats {:?}", bus.stats());
+        tick.tick().await;
+    }
+}
 
 /// Retries `attempt` until it yields `Some`, failing after [`RECOVERY`].
 pub(crate) async fn recovered<T, F, Fut>(what: &str, mut attempt: F) -> T
