@@ -425,6 +425,17 @@ fn decode_request(bus: &Shared, frame: &Bytes, method: &str) -> Option<(String, 
     Some((reply_to.to_owned(), request))
 }
 
+/// The reply frame of `reply`; `None` (logged) when it cannot be encoded.
+fn encode_reply(bus: &Shared, status: u8, providers: usize, reply: &Envelope) -> Option<Vec<u8>> {
+    match wire::encode(reply) {
+        Ok(envelope) => Some(frame_reply(status, providers, &bus.uid, &envelope)),
+        Err(err) => {
+            tracing::warn!(%err, "could not encode an RPC reply");
+            None
+        }
+    }
+}
+
 /// Queues a reply on the ordered writer (pipelined with others, no waiting);
 /// waits for room in a task when the writer's buffer is full.
 fn queue_reply(
@@ -434,12 +445,8 @@ fn queue_reply(
     providers: usize,
     reply: &Envelope,
 ) {
-    let payload = match wire::encode(reply) {
-        Ok(envelope) => frame_reply(status, providers, &bus.uid, &envelope),
-        Err(err) => {
-            tracing::warn!(%err, "could not encode an RPC reply");
-            return;
-        }
+    let Some(payload) = encode_reply(bus, status, providers, reply) else {
+        return;
     };
     let job = crate::connection::Job::Publish {
         channel: Bytes::from(reply_to),
@@ -466,12 +473,8 @@ async fn send_reply(
 ) {
     // Straight to Redis (replies need no ordering among themselves): concurrent
     // replies are pipelined by the multiplexed connection.
-    let payload = match wire::encode(reply) {
-        Ok(envelope) => frame_reply(status, providers, &bus.uid, &envelope),
-        Err(err) => {
-            tracing::warn!(%err, "could not encode an RPC reply");
-            return;
-        }
+    let Some(payload) = encode_reply(bus, status, providers, reply) else {
+        return;
     };
     let sent = match bus.link.get(bus.config.outage_wait).await {
         Ok(conn) => {

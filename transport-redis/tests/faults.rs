@@ -1,123 +1,27 @@
 //! Faults: connections killed by the server (`CLIENT KILL`) and a server restart
-//! in the middle of the traffic. Each test runs its own redis-server, so killing
-//! clients never disturbs another test.
+//! in the middle of the traffic (scenarios shared with `cluster_faults.rs`),
+//! abandoned takes, and a flushed script cache. Each test runs its own
+//! redis-server, so killing clients never disturbs another test.
 //!
 //! Every wait is bounded and waits for the event itself (a delivery, a reply, a
 //! counter moving), retrying the operation that proves recovery.
 
 mod support;
 
-use busbar_core::{Bus, Error, Fault, Subscription};
+use busbar_core::Bus;
 use busbar_test_support::RedisServer;
-use futures::StreamExt;
 use std::collections::HashSet;
 use std::time::Duration;
-use support::{
-    bus, bus_with, next, produce, provider_is_live, stats_reach, subscription_is_live, RECOVERY,
-};
-use tokio::time::Instant;
-
-fn kill_clients(server: &RedisServer) {
-    for kind in ["normal", "pubsub"] {
-        let reply = server
-            .command(&["CLIENT", "KILL", "TYPE", kind])
-            .expect("CLIENT KILL");
-        assert!(reply.starts_with(':'), "CLIENT KILL answered {reply:?}");
-    }
-}
+use support::{bus, bus_with, scenarios};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_kill_restores_subscriptions_and_providers() {
-    let server = RedisServer::start();
-    let url = server.url();
-    let (listener, client) = (bus(&url).await, bus(&url).await);
-    let mut literal: Subscription<u32> = listener.subscribe_to("kill.one").await.unwrap();
-    let mut wildcard: Subscription<u32> = listener.subscribe_to("kill.*").await.unwrap();
-    let _provider = listener
-        .expose("kill.inc", |x: u32| async move { Ok::<_, Fault>(x + 1) })
-        .await
-        .unwrap();
-    subscription_is_live(&client, "kill.one", &mut literal).await;
-    provider_is_live(&client, "kill.inc").await;
-
-    for round in 1..=3u64 {
-        kill_clients(&server);
-        subscription_is_live(&client, "kill.one", &mut literal).await;
-        subscription_is_live(&client, "kill.two", &mut wildcard).await;
-        provider_is_live(&client, "kill.inc").await;
-        stats_reach(&listener, "listener reconnected", |s| {
-            s.disconnects >= round && s.reconnects >= round
-        })
-        .await;
-    }
-    // The wildcard subscription also saw the literal topic's markers: drain them,
-    // then check nothing arrives twice for one publish.
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), wildcard.next()).await {
-    }
-    client.publish_to("kill.one", &7u32).await.unwrap();
-    assert_eq!(next(&mut wildcard).await, 7);
-    assert_eq!(next(&mut literal).await, 7);
-    client.publish_to("kill.one", &8u32).await.unwrap();
-    assert_eq!(
-        next(&mut wildcard).await,
-        8,
-        "each event once per subscription"
-    );
+    scenarios::client_kill_restores_subscriptions_and_providers(&RedisServer::start()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_kill_loses_no_queue_item() {
-    const N: u32 = 3_000;
-    let server = RedisServer::start();
-    let url = server.url();
-    let producer = bus(&url).await;
-    // A take whose reply dies with the connection comes back after this.
-    let consumer = bus_with(&url, |c| c.get_visibility = Duration::from_secs(1)).await;
-    let acking = bus(&url).await;
-    let producing = produce(producer, "lossless.get", N);
-    let producing_acked = produce(bus(&url).await, "lossless.ack", N);
-    let q = consumer.queue::<u32>("lossless.get").unwrap();
-    let acked = acking
-        .queue::<u32>("lossless.ack")
-        .unwrap()
-        .visibility_timeout(Duration::from_secs(1));
-
-    let mut seen = HashSet::new();
-    let mut seen_acked = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut kills = 0;
-    while seen.len() < N as usize || seen_acked.len() < N as usize {
-        assert!(
-            Instant::now() < deadline,
-            "lost items: get saw {}/{N}, receive saw {}/{N}",
-            seen.len(),
-            seen_acked.len()
-        );
-        // Kill every connection at three points of the stream.
-        let progress = (seen.len() + seen_acked.len()) as u32;
-        if kills < 3 && progress > (kills + 1) * N / 2 {
-            kills += 1;
-            kill_clients(&server);
-        }
-        if seen.len() < N as usize {
-            if let Ok(Some(item)) = q.get(Duration::from_millis(200)).await {
-                seen.insert(item);
-            }
-        }
-        if seen_acked.len() < N as usize {
-            if let Ok(Some(delivery)) = acked.receive(Duration::from_millis(200)).await {
-                let item = *delivery;
-                // A failed ack only means the item comes again: at least once.
-                if delivery.ack().await.is_ok() {
-                    seen_acked.insert(item);
-                }
-            }
-        }
-    }
-    assert_eq!(kills, 3);
-    producing.await.unwrap();
-    producing_acked.await.unwrap();
-    assert!(consumer.stats().reconnects >= 1, "{:?}", consumer.stats());
+    scenarios::client_kill_loses_no_queue_item(&RedisServer::start()).await;
 }
 
 /// Well below `get_visibility`: an item that comes back within this was put
@@ -202,80 +106,7 @@ async fn abandoned_gets_put_items_back_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_mid_stream() {
-    let mut server = RedisServer::start_persistent();
-    let url = server.url();
-    let listener = bus(&url).await;
-    let client = bus_with(&format!("{url}?publish_buffer=8"), |c| {
-        c.outage_wait = Duration::from_millis(200);
-    })
-    .await;
-    let mut sub: Subscription<u32> = listener.subscribe_to("restart.>").await.unwrap();
-    let _provider = listener
-        .expose("restart.inc", |x: u32| async move { Ok::<_, Fault>(x + 1) })
-        .await
-        .unwrap();
-    let q = client.queue::<u32>("restart.q").unwrap();
-    let consumer = listener.queue::<u32>("restart.q").unwrap();
-    for i in 0..100u32 {
-        q.put(&i).await.unwrap();
-    }
-    let mut seen = HashSet::new();
-    while seen.len() < 50 {
-        let item = consumer
-            .get(Duration::from_secs(5))
-            .await
-            .unwrap()
-            .expect("an item");
-        seen.insert(item);
-    }
-    subscription_is_live(&client, "restart.a", &mut sub).await;
-
-    server.stop();
-    stats_reach(&client, "the client noticed the outage", |s| {
-        s.disconnects >= 1
-    })
-    .await;
-    // Publishes are buffered up to the bound, then fail clearly.
-    let mut accepted = 0;
-    let err = loop {
-        match client.publish_to("restart.buffered", &1u32).await {
-            Ok(()) => accepted += 1,
-            Err(err) => break err,
-        }
-        assert!(
-            accepted < 10_000,
-            "publishing never failed during the outage"
-        );
-    };
-    assert!(accepted >= 8, "only {accepted} publishes were buffered");
-    assert!(matches!(err, Error::Transport(_)), "{err:?}");
-    assert!(err.to_string().contains("unreachable"), "{err}");
-    // Calls fail too (not hang).
-    let stub = client
-        .stub::<u32, u32>("restart.inc")
-        .unwrap()
-        .timeout(Duration::from_secs(1));
-    assert!(stub.call(&1).await.is_err());
-
-    tokio::task::block_in_place(|| server.resume());
-
-    subscription_is_live(&client, "restart.b", &mut sub).await;
-    provider_is_live(&client, "restart.inc").await;
-    // Every item stored before the crash is still there.
-    let deadline = Instant::now() + RECOVERY;
-    while seen.len() < 100 {
-        assert!(
-            Instant::now() < deadline,
-            "items lost in the restart: {} of 100 seen",
-            seen.len()
-        );
-        if let Ok(Some(item)) = consumer.get(Duration::from_millis(200)).await {
-            seen.insert(item);
-        }
-    }
-    for bus in [&listener, &client] {
-        stats_reach(bus, "reconnected", |s| s.reconnects >= 1).await;
-    }
+    scenarios::restart_mid_stream(&mut RedisServer::start_persistent()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,3 +119,5 @@ pub(crate) fn produce(bus: Bus, queue: &str, n: u32) -> tokio::task::JoinHandle<
         }
     })
 }
+
+pub(crate) mod scenarios;
