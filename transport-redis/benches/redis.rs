@@ -18,7 +18,7 @@
 use busbar_core::transport::SubscribeOptions;
 use busbar_core::{Bus, Envelope, Event, Kind, Name, Pattern};
 use busbar_test_support::bench::{self, best_rate, count};
-use busbar_test_support::RedisServer;
+use busbar_test_support::{RedisCluster, RedisServer};
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
@@ -363,7 +363,7 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let setup = &setup;
-        // BENCH_ONLY=rpc1|rpc64|queue|queue-busbar|queue-raw|queue-split|probe runs one
+        // BENCH_ONLY=cluster|rpc1|rpc64|queue|queue-busbar|queue-raw|queue-split|probe runs one
         // workload (for profiling); rpc1 and queue also run their raw baseline, for a
         // ratio from the same run.
         match std::env::var("BENCH_ONLY").as_deref() {
@@ -458,6 +458,47 @@ fn main() {
                 let items = count(200_000.0);
                 let r = best_rate(items, || raw_queue(setup, items)).await;
                 println!("raw {r:.0} items/s");
+                return;
+            }
+            Ok("cluster") => {
+                // The same busbar workloads on a local three-master cluster and
+                // on the single server, in one run.
+                let cluster = RedisCluster::start();
+                let on_cluster = Setup {
+                    url: cluster.url(),
+                    round: Default::default(),
+                };
+                let (events, calls, items) =
+                    (count(300_000.0), count(100_000.0), count(200_000.0));
+                println!("| workload | redis:// | redis+cluster:// (3 masters) | cluster / single |");
+                println!("|---|---:|---:|---:|");
+                for (name, single, clustered) in [
+                    (
+                        "pub/sub events/s (1 subscriber)",
+                        best_rate(events, || busbar_pubsub(setup, events)).await,
+                        best_rate(events, || busbar_pubsub(&on_cluster, events)).await,
+                    ),
+                    (
+                        "RPC calls/s, sequential",
+                        best_rate(calls / 10, || busbar_rpc(setup, calls / 10, 1)).await,
+                        best_rate(calls / 10, || busbar_rpc(&on_cluster, calls / 10, 1)).await,
+                    ),
+                    (
+                        "RPC calls/s, 64 in flight",
+                        best_rate(calls, || busbar_rpc(setup, calls, 64)).await,
+                        best_rate(calls, || busbar_rpc(&on_cluster, calls, 64)).await,
+                    ),
+                    (
+                        "queue items/s, 4 producers / 4 consumers",
+                        best_rate(items, || busbar_queue(setup, items)).await,
+                        best_rate(items, || busbar_queue(&on_cluster, items)).await,
+                    ),
+                ] {
+                    println!(
+                        "| {name} | {single:.0} | {clustered:.0} | {:.0}% |",
+                        100.0 * clustered / single
+                    );
+                }
                 return;
             }
             Ok("queue") => {
