@@ -1,0 +1,215 @@
+//! Work queues that cannot lose an item: Redis lists plus an in-flight table with
+//! a visibility timeout.
+//!
+//! Keys of queue `jobs` in namespace `ns` (the `{jobs}` hash tag keeps them on one
+//! cluster slot):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `ns:q:{jobs}` | list | items waiting (`LPUSH` in, taken from the right: FIFO) |
+//! | `ns:q:{jobs}:p` | list | items a pop just moved, for the next command to adopt |
+//! | `ns:q:{jobs}:fly` | hash | id → item, for items handed out and not yet settled |
+//! | `ns:q:{jobs}:vis` | zset | id → when the item comes back (ms, Redis clock) |
+//! | `ns:q:{jobs}:att` | hash | id → times it came back (reaped or nacked); absent for a first delivery |
+//!
+//! **Taking** (`get` and `receive`) first runs one script, `TAKE`, on the bus's
+//! shared command connection: it pops the oldest item and parks it in the
+//! in-flight table with its deadline, in one step, and returns it (for
+//! `receive`, with its attempt number: one more than `:att` says). Redis runs it
+//! before the reply leaves, so an item is never in the client's hands without
+//! being in flight: a reply lost with the connection costs a redelivery, never
+//! the item. Being an ordinary command, it is pipelined with everything else the
+//! bus sends. The deadline is computed by the client from the Redis clock the
+//! reaper last read (`TIME` inside the script cost as much as a quarter of it).
+//!
+//! The queue workload is bound by Redis's time per item, so a take is kept to
+//! the calls that make it lossless (pop, `HSET`, `ZADD`); everything else
+//! happens on the rarer paths: attempts are counted when an item comes back,
+//! not when it leaves.
+//!
+//! Only when the queue is empty does a take wait, in one pipeline on a connection
+//! of its own (blocking pops never share a connection): `BLMOVE` from the queue
+//! into `:p` with the server-side timeout, then `ADOPT`, which moves one item from
+//! `:p` into the in-flight table the same way. The server ends the wait, so a
+//! `get` that timed out cannot swallow an item put after it; an item that lands
+//! in `:p` and is never adopted (a connection lost between the two) is put back
+//! by the reaper.
+//!
+//! A caller that gives up (its future dropped) never takes an item with it. A
+//! `TAKE` in flight is handed to a task that reads its reply; a blocking pop runs
+//! in a task of its own that reports through a oneshot, and ends the pop at once
+//! with `CLIENT UNBLOCK` when the receiver goes. Whatever either brings for a
+//! caller that has left goes straight back to the head of the queue, its attempt
+//! not counted; whoever loses the race between the oneshot's send and the
+//! receiver's close does it, so nothing waits for a visibility timeout.
+//!
+//! `get` acknowledges without waiting: its `ZREM`/`HDEL`s ride in the same write
+//! as the next `TAKE` of that queue on the bus, or go through the ordered writer
+//! after a millisecond (or at shutdown) when no take comes, so a consumer taking
+//! in a loop costs one round trip per item. `receive` hands out a delivery to
+//! `ack` (delete) or `nack` (back to the head of the queue). Unsettled items come
+//! back after their visibility timeout: every bus with a consumer taking runs the
+//! reaper every `reap_interval`, and `len` runs it too. Delivery is at least
+//! once: an item whose consumer died or was too slow may be processed twice.
+
+mod ack;
+mod scripts;
+mod take;
+
+use crate::connection::Job;
+use crate::Shared;
+use ack::{settle_soon, PendingAcks, RedisAcker, RedisClock};
+use busbar_core::transport::RawDelivery;
+use busbar_core::{wire, Envelope, Name, Result};
+use scripts::{NACK, REAP};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use take::take;
+
+/// The base key of `queue`.
+pub(crate) fn base_key(namespace: &str, queue: &str) -> String {
+    format!("{namespace}:q:{{{queue}}}")
+}
+
+/// `LPUSH`es the item; returns once Redis stored it.
+pub(crate) async fn put(bus: &Shared, item: Envelope) -> Result<()> {
+    let bytes = wire::encode(&item)?;
+    let base = base_key(&bus.config.namespace, item.subject.as_str());
+    let conn = bus.link.get(bus.config.outage_wait).await?;
+    let mut c = conn.conn.clone();
+    let result = redis::cmd("LPUSH")
+        .arg(&base)
+        .arg(&bytes[..])
+        .exec_async(&mut c)
+        .await;
+    conn.check(result)
+}
+
+/// Items waiting (reaping expired in-flight items first, so they count).
+pub(crate) async fn len(bus: &Shared, queue: &Name) -> Result<usize> {
+    let base = base_key(&bus.config.namespace, queue.as_str());
+    run_reap(bus, &base).await
+}
+
+/// Reaps `base` (the periodic reaper).
+pub(crate) async fn reap(bus: &Shared, base: &str) -> Result<()> {
+    run_reap(bus, base).await.map(drop)
+}
+
+/// Runs [`REAP`], noting the Redis clock it reports; the number of waiting items.
+async fn run_reap(bus: &Shared, base: &str) -> Result<usize> {
+    let conn = bus.link.get(bus.config.outage_wait).await?;
+    let mut c = conn.conn.clone();
+    let sent = std::time::Instant::now();
+    let result = REAP
+        .key(base)
+        .invoke_async::<(usize, u64, u64)>(&mut c)
+        .await;
+    let (waiting, secs, micros) = conn.check(result)?;
+    // Redis read its clock somewhere in the round trip: call it the middle.
+    let at = sent + sent.elapsed() / 2;
+    bus.queues.clock.saw(base, at, secs * 1000 + micros / 1000);
+    Ok(waiting)
+}
+
+/// A taken item: the envelope, its attempt number, and where it is in flight.
+struct Taken {
+    envelope: Envelope,
+    attempt: u32,
+    base: String,
+    id: [u8; 16],
+}
+
+/// `get`: takes one item and acknowledges it at once.
+pub(crate) async fn get(
+    bus: &Arc<Shared>,
+    queue: &Name,
+    timeout: Duration,
+) -> Result<Option<Envelope>> {
+    let visibility = bus.config.get_visibility;
+    match take(bus, queue, timeout, visibility, false).await? {
+        None => Ok(None),
+        Some(taken) => {
+            settle_soon(bus, &taken.base, &taken.id);
+            Ok(Some(taken.envelope))
+        }
+    }
+}
+
+/// `receive`: takes one item for acknowledged processing.
+pub(crate) async fn receive(
+    bus: &Arc<Shared>,
+    queue: &Name,
+    timeout: Duration,
+    visibility: Duration,
+) -> Result<Option<RawDelivery>> {
+    let Some(taken) = take(bus, queue, timeout, visibility, true).await? else {
+        return Ok(None);
+    };
+    let acker = RedisAcker {
+        bus: bus.clone(),
+        base: taken.base.clone(),
+        id: taken.id,
+        settled: AtomicBool::new(false),
+    };
+    bus.unsettled.insert((taken.base, taken.id), ());
+    Ok(Some(RawDelivery::new(
+        taken.envelope,
+        taken.attempt,
+        Box::new(acker),
+    )))
+}
+
+/// A bus's queue bookkeeping.
+#[derive(Default)]
+pub(crate) struct Local {
+    acks: PendingAcks,
+    clock: RedisClock,
+}
+
+/// Marks a queue as waited on by this bus, so the periodic reaper visits it.
+struct Waiting<'a> {
+    bus: &'a Shared,
+    base: String,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(bus: &'a Shared, base: &str) -> Self {
+        *bus.waiting.entry(base.to_owned()).or_insert(0) += 1;
+        Waiting {
+            bus,
+            base: base.to_owned(),
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.bus.waiting.remove_if_mut(&self.base, |_, count| {
+            *count -= 1;
+            *count == 0
+        });
+        self.bus.waiting_changed.notify_waiters();
+    }
+}
+
+/// A writer job for the node of queue `base` (the one its pops block on).
+fn job(base: &str, cmds: impl Into<Box<[redis::Cmd]>>) -> Job {
+    Job::Commands {
+        key: base.to_owned().into(),
+        cmds: cmds.into(),
+    }
+}
+
+/// Puts an in-flight item back at the head of its queue.
+pub(crate) async fn nack(bus: &Shared, base: &str, id: &[u8; 16]) -> Result<()> {
+    let conn = bus.link.get(bus.config.outage_wait).await?;
+    let mut c = conn.conn.clone();
+    let result = NACK
+        .key(base)
+        .arg(&id[..])
+        .invoke_async::<i64>(&mut c)
+        .await;
+    conn.check(result).map(drop)
+}

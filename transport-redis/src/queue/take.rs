@@ -1,0 +1,494 @@
+//! Taking an item: at once with `TAKE`, else waiting in a blocking pop and
+//! adopting; and putting back what a caller that left would have taken.
+
+use super::ack::{settle_commands, settle_soon};
+use super::scripts::{ADOPT, NACK_LUA, TAKE};
+use super::{base_key, job, Taken, Waiting};
+use crate::connection::transport_error;
+use crate::pubsub::decode;
+use crate::Shared;
+use busbar_core::{Error, Name, Result};
+use redis::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// How an item is taken.
+#[derive(Clone, Copy)]
+struct Terms {
+    /// How long it stays in flight.
+    visibility_ms: u64,
+    /// Whether its attempt number is wanted (an extra read; `get` skips it).
+    attempt: bool,
+}
+
+impl Terms {
+    /// ARGV[2] of [`TAKE`] and [`ADOPT`].
+    fn attempt_arg(&self) -> &'static str {
+        if self.attempt {
+            "1"
+        } else {
+            "0"
+        }
+    }
+}
+
+/// What one attempt at taking gave.
+// Short-lived and moved a couple of times at most: boxing the item would cost
+// an allocation per take for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Took {
+    /// An item, in flight already.
+    Item(Taken),
+    /// The queue was empty.
+    Empty,
+    /// A blocking pop's server-side timeout passed with nothing there.
+    TimedOut,
+    /// Nothing usable: a malformed item (dropped), or a popped item that is back
+    /// in the queue already (the reaper returned it) or adopted by another pop.
+    Missed,
+}
+
+/// Takes at once when an item is waiting (one script on the shared connection,
+/// pipelined with everything else this bus sends); otherwise waits in a blocking
+/// pop on a connection of its own, then looks again.
+///
+/// Neither way can a caller that gives up take an item with it: what Redis
+/// handed out for a dropped call is put back at the head of the queue at once,
+/// its attempt not counted (see [`PendingTake`] and [`Handover`]).
+pub(super) async fn take(
+    bus: &Arc<Shared>,
+    queue: &Name,
+    timeout: Duration,
+    visibility: Duration,
+    attempt: bool,
+) -> Result<Option<Taken>> {
+    let base = base_key(&bus.config.namespace, queue.as_str());
+    let deadline = Instant::now() + timeout;
+    let terms = Terms {
+        visibility_ms: millis(visibility).max(1),
+        attempt,
+    };
+    let _waiting = Waiting::enter(bus, &base);
+    loop {
+        bus.check_open()?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let step = match take_now(bus, &base, terms, remaining).await {
+            // Even a zero timeout looks once.
+            Ok(Took::Empty) if remaining < Duration::from_millis(1) => return Ok(None),
+            Ok(Took::Empty) => wait_for_item(bus, &base, remaining, terms).await,
+            other => other,
+        };
+        match step {
+            Ok(Took::Item(taken)) => return Ok(Some(taken)),
+            Ok(Took::Empty | Took::Missed) => {}
+            Ok(Took::TimedOut) => return Ok(None),
+            Err(Error::Closed) => return Err(Error::Closed),
+            Err(err) => {
+                // Connection lost: retry on a new one until the deadline.
+                tracing::debug!(%err, "taking a queue item failed; retrying");
+                let pause = Duration::from_millis(50)
+                    .min(deadline.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(pause).await;
+                if Instant::now() >= deadline {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// A reply from Redis that must be read even if its caller leaves.
+type Reply = std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<Value>> + Send>>;
+
+/// Runs [`TAKE`], carrying the acknowledgements of earlier gets in the same write.
+async fn take_now(
+    bus: &Arc<Shared>,
+    base: &str,
+    terms: Terms,
+    remaining: Duration,
+) -> Result<Took> {
+    // A get with a short timeout does not wait out a long reconnect.
+    let wait = remaining
+        .max(Duration::from_millis(1))
+        .min(bus.config.outage_wait);
+    let conn = bus.link.get(wait).await?;
+    let mut c = conn.conn.clone();
+    let mut pipe = redis::pipe();
+    for id in bus.queues.acks.drain(base) {
+        for cmd in settle_commands(base, &id) {
+            pipe.add_command(cmd).ignore();
+        }
+    }
+    pipe.cmd("EVALSHA")
+        .arg(TAKE.get_hash())
+        .arg(1)
+        .arg(base)
+        .arg(terms.visibility_ms)
+        .arg(terms.attempt_arg());
+    // Saves the script a TIME call, which costs as much as a quarter of the rest.
+    if let Some(now) = bus.queues.clock.now(base) {
+        pipe.arg(now + terms.visibility_ms);
+    }
+    let key = base.to_owned();
+    let reply: Reply = Box::pin(async move {
+        match pipe.query_async::<(Value,)>(&mut c).await {
+            Ok((value,)) => Ok(value),
+            // Not loaded (first use, restart, SCRIPT FLUSH): nothing was taken
+            // (the acknowledgements before it did run).
+            Err(err)
+                if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                TAKE.key(&key)
+                    .arg(terms.visibility_ms)
+                    .arg(terms.attempt_arg())
+                    .invoke_async::<Value>(&mut c)
+                    .await
+            }
+            Err(err) => Err(err),
+        }
+    });
+    let mut pending = PendingTake {
+        bus,
+        base,
+        reply: Some(reply),
+    };
+    let result = match pending.reply.as_mut() {
+        Some(reply) => reply.await,
+        None => unreachable!("set just above"),
+    };
+    pending.reply = None;
+    Ok(match conn.check(result)? {
+        Value::Nil | Value::Boolean(false) => Took::Empty,
+        value => match parse_taken(bus, base, value) {
+            Some(taken) => Took::Item(taken),
+            None => Took::Missed,
+        },
+    })
+}
+
+/// A [`TAKE`] in progress. Dropped before its reply came (the caller gave up),
+/// it hands the reply to a task that reads it and puts back the item it brings,
+/// instead of leaving that item in flight, owned by nobody, until its
+/// visibility timeout.
+struct PendingTake<'a> {
+    bus: &'a Arc<Shared>,
+    base: &'a str,
+    reply: Option<Reply>,
+}
+
+impl Drop for PendingTake<'_> {
+    fn drop(&mut self) {
+        let Some(reply) = self.reply.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!("a take was abandoned without a runtime; its item comes back after its visibility timeout");
+            return;
+        };
+        let (bus, base) = (self.bus.clone(), self.base.to_owned());
+        runtime.spawn(async move {
+            // Shutdown waits for this put-back before its last flush.
+            let _waiting = Waiting::enter(&bus, &base);
+            if let Ok(Value::Array(parts)) = reply.await {
+                if let Some(Value::BulkString(item)) = parts.first() {
+                    put_back_id(&bus, &base, &item_id(item)).await;
+                }
+            }
+        });
+    }
+}
+
+/// The id in an item's wire bytes (where the scripts find it too).
+fn item_id(item: &[u8]) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    if item.len() >= 20 {
+        id.copy_from_slice(&item[4..20]);
+    }
+    id
+}
+
+/// Waits for an item in a blocking pop run by a task of its own, which hands it
+/// over on a oneshot.
+///
+/// The task always reads Redis's reply, so an item is never taken by a caller
+/// that is gone: if this future is dropped, either the task finds the receiver
+/// closed (and ends the pop with `CLIENT UNBLOCK`, then puts back what it
+/// brought), or it had sent the item already and [`Handover`] puts it back.
+async fn wait_for_item(
+    bus: &Arc<Shared>,
+    base: &str,
+    timeout: Duration,
+    terms: Terms,
+) -> Result<Took> {
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(waiter(bus.clone(), base.to_owned(), timeout, terms, tx));
+    let mut handover = Handover {
+        bus,
+        rx,
+        received: false,
+    };
+    let outcome = (&mut handover.rx).await;
+    handover.received = true;
+    // A waiter that ended without answering was dropped with its runtime.
+    outcome.unwrap_or(Err(Error::Closed))
+}
+
+/// The receiving end of a wait; puts back an item that arrives after its caller left.
+struct Handover<'a> {
+    bus: &'a Shared,
+    rx: oneshot::Receiver<Result<Took>>,
+    received: bool,
+}
+
+impl Drop for Handover<'_> {
+    fn drop(&mut self) {
+        if self.received {
+            return;
+        }
+        // Closing first settles the race with the waiter: from now on its send
+        // fails (and it puts the item back), so anything sent before is here.
+        self.rx.close();
+        if let Ok(Ok(Took::Item(taken))) = self.rx.try_recv() {
+            put_back_now(self.bus, &taken);
+        }
+    }
+}
+
+/// The task behind [`wait_for_item`]: waits, hands over, and puts back what
+/// nobody received.
+async fn waiter(
+    bus: Arc<Shared>,
+    base: String,
+    timeout: Duration,
+    terms: Terms,
+    mut caller: oneshot::Sender<Result<Took>>,
+) {
+    // Held until any put-back is queued: shutdown waits for it, then flushes.
+    let _waiting = Waiting::enter(&bus, &base);
+    let outcome = wait(&bus, &base, timeout, terms, &mut caller).await;
+    if let Err(Ok(Took::Item(taken))) = caller.send(outcome) {
+        put_back_id(&bus, &taken.base, &taken.id).await;
+    }
+}
+
+/// Blocks on `BLMOVE` into the processing list, then adopts the item.
+///
+/// The pop is always read to its end: when the caller leaves or the bus shuts
+/// down, `CLIENT UNBLOCK` ends it at once, and whatever it took is returned as
+/// usual, for [`waiter`] to put back (or put back here at shutdown). Only if
+/// Redis does not answer in time is the reply abandoned with its connection,
+/// leaving a moved item to the reaper.
+async fn wait(
+    bus: &Arc<Shared>,
+    base: &str,
+    timeout: Duration,
+    terms: Terms,
+    caller: &mut oneshot::Sender<Result<Took>>,
+) -> Result<Took> {
+    let mut blocking = bus.pool.take(base).await?;
+    if caller.is_closed() {
+        bus.pool.give_back(blocking);
+        return Ok(Took::TimedOut);
+    }
+    let processing = format!("{base}:p");
+    let grace = bus.config.response_timeout;
+    let mut pipe = redis::pipe();
+    pipe.cmd("BLMOVE")
+        .arg(base)
+        .arg(&processing)
+        .arg("RIGHT")
+        .arg("LEFT")
+        .arg(format!("{:.3}", timeout.as_secs_f64().max(0.001)));
+    // Runs on the server right after the pop returns (a blocked client's next
+    // command waits for it): the item is in flight before it leaves Redis.
+    pipe.cmd("EVALSHA")
+        .arg(ADOPT.get_hash())
+        .arg(1)
+        .arg(base)
+        .arg(terms.visibility_ms)
+        .arg(terms.attempt_arg());
+    let mut closing = bus.closing.subscribe();
+    let mut shutting_down = false;
+    let mut unblocking = false;
+    let popped = {
+        let reply = pipe.query_async::<(Option<Vec<u8>>, Value)>(&mut blocking.conn);
+        tokio::pin!(reply);
+        let limit = tokio::time::sleep(timeout + grace);
+        tokio::pin!(limit);
+        let retry = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                popped = &mut reply => break Some(popped),
+                () = &mut limit => break None,
+                _ = closing.wait_for(|closing| *closing), if !unblocking => {
+                    shutting_down = true;
+                    unblocking = true;
+                    limit.as_mut().reset(Instant::now() + grace);
+                }
+                () = caller.closed(), if !unblocking => {
+                    unblocking = true;
+                    limit.as_mut().reset(Instant::now() + grace);
+                }
+                // The unblock travels on another connection and may overtake
+                // the pop it is meant for (then it finds nothing to end): repeat
+                // it until the pop answers.
+                () = &mut retry, if unblocking => {
+                    if !unblock(bus, base, blocking.client_id) {
+                        break None;
+                    }
+                    retry.as_mut().reset(Instant::now() + UNBLOCK_RETRY);
+                }
+            }
+        }
+    };
+    let popped = match popped {
+        Some(Ok((moved, adopted))) => adopted_or(moved.is_some(), adopted),
+        Some(Err(err))
+            if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            // The script cache was empty (first use, restart, SCRIPT FLUSH): the
+            // pop ran; load the script and adopt now. Should this fail, the
+            // reaper puts the item back from the processing list.
+            let adopted = tokio::time::timeout(
+                grace,
+                ADOPT
+                    .key(base)
+                    .arg(terms.visibility_ms)
+                    .arg(terms.attempt_arg())
+                    .invoke_async::<Value>(&mut blocking.conn),
+            )
+            .await;
+            match adopted {
+                Ok(Ok(value)) => adopted_or(true, value),
+                Ok(Err(err)) => return Err(transport_error(err)),
+                Err(_) => return Err(Error::transport("redis did not answer in time")),
+            }
+        }
+        Some(Err(err)) => return Err(transport_error(err)),
+        None => return Err(Error::transport("redis did not end a blocking pop in time")),
+    };
+    // An unblock may still be on its way: it must not end the next pop on this
+    // connection, so the connection is not reused.
+    if !unblocking {
+        bus.pool.give_back(blocking);
+    }
+    let took = match popped {
+        Popped::Item(value) => match parse_taken(bus, base, value) {
+            Some(taken) => Took::Item(taken),
+            None => Took::Missed,
+        },
+        Popped::Missed => Took::Missed,
+        Popped::TimedOut => Took::TimedOut,
+    };
+    if shutting_down {
+        if let Took::Item(taken) = took {
+            put_back_now(bus, &taken);
+        }
+        return Err(Error::Closed);
+    }
+    Ok(took)
+}
+
+/// What a pop and its adoption gave. The item adopted counts even when this pop
+/// moved nothing: the processing list is shared, so an adoption can pick up the
+/// item another pop moved (that pop then misses and waits again).
+fn adopted_or(moved: bool, adopted: Value) -> Popped {
+    match adopted {
+        Value::Nil | Value::Boolean(false) if moved => Popped::Missed,
+        Value::Nil | Value::Boolean(false) => Popped::TimedOut,
+        value => Popped::Item(value),
+    }
+}
+
+/// How often an unblock is repeated until the pop it ends answers.
+const UNBLOCK_RETRY: Duration = Duration::from_millis(10);
+
+/// Ends a blocking pop on the server (through the writer: this runs while the
+/// pop's own connection waits). False when it could not even be queued.
+fn unblock(bus: &Shared, base: &str, client_id: i64) -> bool {
+    let mut unblock = redis::cmd("CLIENT");
+    unblock.arg("UNBLOCK").arg(client_id);
+    bus.writer.send_now(job(base, [unblock]))
+}
+
+/// What one blocking wait gave.
+enum Popped {
+    /// The server-side timeout passed with nothing there.
+    TimedOut,
+    /// An item, adopted into the in-flight table.
+    Item(Value),
+    /// Something was popped but is back in the queue already (the reaper
+    /// returned it) or adopted by another pop.
+    Missed,
+}
+
+/// The command putting back an item that never reached a caller: at the head
+/// of the queue, its attempt not counted. `EVAL` with the source, as the writer
+/// cannot load a script that Redis lost.
+fn put_back_command(base: &str, id: &[u8; 16]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(NACK_LUA).arg(1).arg(base).arg(&id[..]).arg(1);
+    cmd
+}
+
+/// Puts `taken` back without waiting (for `Drop`); should the writer be full,
+/// the item comes back after its visibility timeout instead.
+fn put_back_now(bus: &Shared, taken: &Taken) {
+    if !bus
+        .writer
+        .send_now(job(&taken.base, [put_back_command(&taken.base, &taken.id)]))
+    {
+        tracing::warn!("could not put back an item taken for a caller that left; it comes back after its visibility timeout");
+    }
+}
+
+/// Puts back an item taken for a caller that left, waiting for room in the writer.
+async fn put_back_id(bus: &Shared, base: &str, id: &[u8; 16]) {
+    if let Err(err) = bus
+        .writer
+        .send(job(base, [put_back_command(base, id)]))
+        .await
+    {
+        tracing::warn!(%err, "could not put back an item taken for a caller that left; it comes back after its visibility timeout");
+    }
+}
+
+/// Turns a take's reply into an item. A malformed item is counted, logged and
+/// removed (it could never be processed); `None` then, and the caller takes again.
+fn parse_taken(bus: &Arc<Shared>, base: &str, value: Value) -> Option<Taken> {
+    let Value::Array(mut parts) = value else {
+        return None;
+    };
+    if parts.len() != 2 {
+        return None;
+    }
+    let attempt = match parts.pop() {
+        Some(Value::Int(n)) => n.clamp(1, u32::MAX as i64) as u32,
+        _ => 1,
+    };
+    let Some(Value::BulkString(item)) = parts.pop() else {
+        return None;
+    };
+    let id = item_id(&item);
+    let item = bytes::Bytes::from(item);
+    match decode(&item, bus.config.max_envelope, &bus.stats) {
+        Some(envelope) => Some(Taken {
+            envelope,
+            attempt,
+            base: base.to_owned(),
+            id,
+        }),
+        None => {
+            // Only a valid envelope has a meaningful id: drop by the raw id bytes.
+            settle_soon(bus, base, &id);
+            None
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    busbar_core::ceil_millis(d)
+}
