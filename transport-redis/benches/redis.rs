@@ -260,6 +260,46 @@ async fn raw_rpc(setup: &Setup, n: u64, in_flight: u64) -> Duration {
 const PRODUCERS: u64 = 4;
 const CONSUMERS: u64 = 4;
 
+/// Items taken so far, and when the last of `n` was: the run's time is that
+/// moment, not when the consumers notice and leave (up to a get timeout later,
+/// which measured the benchmark's exit, not the queue).
+struct Taken {
+    n: u64,
+    count: std::sync::atomic::AtomicU64,
+    start: Instant,
+    last: std::sync::OnceLock<Duration>,
+}
+
+impl Taken {
+    fn new(n: u64) -> Arc<Taken> {
+        Arc::new(Taken {
+            n,
+            count: Default::default(),
+            start: Instant::now(),
+            last: Default::default(),
+        })
+    }
+
+    fn more(&self) -> bool {
+        self.count.load(std::sync::atomic::Ordering::Relaxed) < self.n
+    }
+
+    fn one(&self) {
+        if self
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+            == self.n
+        {
+            let _ = self.last.set(self.start.elapsed());
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        *self.last.get().expect("every item was taken")
+    }
+}
+
 async fn busbar_queue(setup: &Setup, n: u64) -> Duration {
     let url = setup.url();
     let mut producers = Vec::new();
@@ -270,21 +310,20 @@ async fn busbar_queue(setup: &Setup, n: u64) -> Duration {
     for _ in 0..CONSUMERS {
         consumers.push(setup.bus(&url).await);
     }
-    let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let start = Instant::now();
+    let taken = Taken::new(n);
     let mut tasks = Vec::new();
     for bus in consumers {
         let queue = bus.queue::<Tick>("bench.jobs").unwrap();
         let taken = taken.clone();
         tasks.push(tokio::spawn(async move {
-            while taken.load(std::sync::atomic::Ordering::Relaxed) < n {
+            while taken.more() {
                 if queue
                     .get(Duration::from_millis(100))
                     .await
                     .unwrap()
                     .is_some()
                 {
-                    taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    taken.one();
                 }
             }
         }));
@@ -300,20 +339,23 @@ async fn busbar_queue(setup: &Setup, n: u64) -> Duration {
     for task in tasks {
         task.await.unwrap();
     }
-    start.elapsed()
+    taken.elapsed()
 }
 
 async fn raw_queue(setup: &Setup, n: u64) -> Duration {
     let key = format!("rawq:{}", setup.url());
     let payload = encoded_tick();
-    let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let start = Instant::now();
+    let mut conns = Vec::new();
+    for _ in 0..CONSUMERS + PRODUCERS {
+        conns.push(setup.raw(None).await);
+    }
+    let taken = Taken::new(n);
     let mut tasks = Vec::new();
     for _ in 0..CONSUMERS {
-        let mut conn = setup.raw(None).await;
+        let mut conn = conns.pop().unwrap();
         let (key, taken) = (key.clone(), taken.clone());
         tasks.push(tokio::spawn(async move {
-            while taken.load(std::sync::atomic::Ordering::Relaxed) < n {
+            while taken.more() {
                 let item: Option<(Vec<u8>, Vec<u8>)> = redis::cmd("BRPOP")
                     .arg(&key)
                     .arg(0.1)
@@ -321,13 +363,13 @@ async fn raw_queue(setup: &Setup, n: u64) -> Duration {
                     .await
                     .unwrap();
                 if item.is_some() {
-                    taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    taken.one();
                 }
             }
         }));
     }
     for _ in 0..PRODUCERS {
-        let mut conn = setup.raw(None).await;
+        let mut conn = conns.pop().unwrap();
         let (key, payload) = (key.clone(), payload.clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..n / PRODUCERS {
@@ -343,7 +385,7 @@ async fn raw_queue(setup: &Setup, n: u64) -> Duration {
     for task in tasks {
         task.await.unwrap();
     }
-    start.elapsed()
+    taken.elapsed()
 }
 
 fn main() {
