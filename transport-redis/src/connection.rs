@@ -189,30 +189,7 @@ pub(crate) struct Opener {
 impl Opener {
     pub(crate) fn new(config: Arc<Config>) -> busbar_core::Result<Self> {
         let mut infos = config.connection_infos()?;
-        let tls = if config.is_tls() {
-            // One process-wide provider; an error means one is installed already.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let read = |path: &std::path::Path| {
-                std::fs::read(path).map_err(|err| Error::InvalidUrl {
-                    url: busbar_core::redact_url(config.redis_url()),
-                    reason: format!("cannot read {}: {err}", path.display()),
-                })
-            };
-            let root_cert = config.tls_ca.as_deref().map(read).transpose()?;
-            let client_tls = match &config.tls_client {
-                Some((cert, key)) => Some(redis::ClientTlsConfig {
-                    client_cert: read(cert)?,
-                    client_key: read(key)?,
-                }),
-                None => None,
-            };
-            Some(redis::TlsCertificates {
-                client_tls,
-                root_cert,
-            })
-        } else {
-            None
-        };
+        let tls = config.tls_certificates()?;
         let target = if config.is_cluster() {
             Target::Cluster { nodes: infos, tls }
         } else {

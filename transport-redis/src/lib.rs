@@ -254,6 +254,51 @@ impl Config {
         &self.url
     }
 
+    /// The TLS settings of a `rediss://` URL, with its files read (`None`
+    /// without TLS). Installs the process-wide rustls provider on first use.
+    fn tls_certificates(&self) -> Result<Option<redis::TlsCertificates>> {
+        if !self.is_tls() {
+            return Ok(None);
+        }
+        // One process-wide provider; an error means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|err| Error::InvalidUrl {
+                url: redact_url(self.redis_url()),
+                reason: format!("cannot read {}: {err}", path.display()),
+            })
+        };
+        let root_cert = self.tls_ca.as_deref().map(read).transpose()?;
+        let client_tls = match &self.tls_client {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            None => None,
+        };
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
+    }
+
+    /// A plain redis-rs client for the server of a single-server URL, with the
+    /// same TLS settings, for tools that work beside the bus (such as the raw
+    /// baselines of `busbar bench`). A cluster URL is an error.
+    pub fn redis_client(&self) -> Result<redis::Client> {
+        if self.is_cluster() {
+            return Err(Error::InvalidUrl {
+                url: redact_url(self.redis_url()),
+                reason: "a plain client needs one server, not a cluster".into(),
+            });
+        }
+        let client = match self.tls_certificates()? {
+            Some(certificates) => redis::Client::build_with_tls(self.redis_url(), certificates),
+            None => redis::Client::open(self.redis_url()),
+        };
+        client.map_err(Error::transport)
+    }
+
     /// The server to connect to, or every seed node of a cluster.
     fn connection_infos(&self) -> Result<Vec<redis::ConnectionInfo>> {
         match &self.cluster_nodes {

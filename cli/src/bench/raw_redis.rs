@@ -161,36 +161,9 @@ async fn serve(mut con: MultiplexedConnection, requests: String, stop: Arc<Atomi
 /// A client for the server of a busbar Redis URL: busbar's own parameters
 /// dropped, its TLS files (`tls_ca`, `tls_cert`, `tls_key`) kept.
 fn client(url: &str) -> CmdResult<Client> {
-    let config = busbar::redis::Config::from_url(url)
-        .map_err(|err| Failure::Other(format!("raw redis: {err}")))?;
-    if config.is_cluster() {
-        return Err(Failure::Other(
-            "raw redis: --raw has no Redis Cluster baseline; run it against one node".into(),
-        ));
-    }
-    if !config.is_tls() {
-        return Client::open(config.redis_url()).map_err(failed("open"));
-    }
-    let read = |path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|err| Failure::Other(format!("raw redis: read {}: {err}", path.display())))
-    };
-    let root_cert = config.tls_ca.as_deref().map(read).transpose()?;
-    let client_tls = match &config.tls_client {
-        Some((cert, key)) => Some(redis::ClientTlsConfig {
-            client_cert: read(cert)?,
-            client_key: read(key)?,
-        }),
-        None => None,
-    };
-    Client::build_with_tls(
-        config.redis_url(),
-        redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        },
-    )
-    .map_err(failed("open"))
+    busbar::redis::Config::from_url(url)
+        .and_then(|config| config.redis_client())
+        .map_err(|err| Failure::Other(format!("raw redis: {err}")))
 }
 
 /// Runs `plan` with redis-rs on the server of `url`.
