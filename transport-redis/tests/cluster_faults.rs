@@ -24,6 +24,11 @@ async fn cancelled_blocking_get_does_not_eat_the_next_item() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn got_items_never_come_back() {
+    scenarios::got_items_never_come_back(&RedisCluster::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_gets_put_items_back_at_once() {
     scenarios::abandoned_gets_put_items_back_at_once(&RedisCluster::start()).await;
 }

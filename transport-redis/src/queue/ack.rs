@@ -95,17 +95,18 @@ impl PendingAcks {
         !std::mem::replace(&mut state.flusher, true)
     }
 
-    /// Takes the ids waiting for `base`.
-    pub(super) fn drain(&self, base: &str) -> Vec<[u8; 16]> {
+    /// Takes up to `max` of the ids waiting for `base`, oldest first.
+    pub(super) fn drain(&self, base: &str, max: usize) -> Vec<[u8; 16]> {
         let mut state = self.lock();
-        if state.queues.is_empty() {
+        let Some((ids, _)) = state.queues.get_mut(base) else {
             return Vec::new();
+        };
+        if ids.len() > max {
+            return ids.drain(..max).collect();
         }
-        state
-            .queues
-            .remove(base)
-            .map(|(ids, _)| ids)
-            .unwrap_or_default()
+        let ids = std::mem::take(ids);
+        state.queues.remove(base);
+        ids
     }
 
     /// Takes the ids that waited since `before` (all of them with `None`); `None`
@@ -145,24 +146,27 @@ async fn flush_acks(bus: Arc<Shared>, base: String) {
             return;
         };
         for (base, ids) in &due {
-            let cmds: Vec<redis::Cmd> = ids
-                .iter()
-                .flat_map(|id| settle_commands(base, id))
-                .collect();
-            if let Err(err) = bus.writer.send(job(base, cmds)).await {
+            if let Err(err) = bus.writer.send(job(base, settle_commands(base, ids))).await {
                 tracing::warn!(%err, "could not acknowledge queue items; they will be delivered again");
             }
         }
     }
 }
 
-pub(super) fn settle_commands(base: &str, id: &[u8; 16]) -> [redis::Cmd; 3] {
+/// Removes the in-flight items `ids` of queue `base` for good (the same steps
+/// [`TAKE`](super::scripts::TAKE) runs for the ids it carries).
+pub(super) fn settle_commands(base: &str, ids: &[[u8; 16]]) -> [redis::Cmd; 3] {
     let mut zrem = redis::cmd("ZREM");
-    zrem.arg(format!("{base}:vis")).arg(&id[..]);
+    zrem.arg(format!("{base}:vis"));
     let mut fly = redis::cmd("HDEL");
-    fly.arg(format!("{base}:fly")).arg(&id[..]);
+    fly.arg(format!("{base}:fly"));
     let mut att = redis::cmd("HDEL");
-    att.arg(format!("{base}:att")).arg(&id[..]);
+    att.arg(format!("{base}:att"));
+    for id in ids {
+        for cmd in [&mut zrem, &mut fly, &mut att] {
+            cmd.arg(&id[..]);
+        }
+    }
     [zrem, fly, att]
 }
 
@@ -200,7 +204,7 @@ impl Acker for RedisAcker {
         let mut c = conn.conn.clone();
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for cmd in settle_commands(&self.base, &self.id) {
+        for cmd in settle_commands(&self.base, &[self.id]) {
             pipe.add_command(cmd).ignore();
         }
         let result = pipe.exec_async(&mut c).await;
@@ -210,5 +214,24 @@ impl Acker for RedisAcker {
     async fn nack(&self) -> Result<()> {
         self.settle_once()?;
         nack(&self.bus, &self.base, &self.id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PendingAcks;
+
+    #[test]
+    fn a_take_drains_at_most_its_share_oldest_first() {
+        let acks = PendingAcks::default();
+        for n in 0..5u8 {
+            acks.add("q", [n; 16]);
+        }
+        assert_eq!(acks.drain("q", 2), vec![[0; 16], [1; 16]]);
+        assert_eq!(acks.drain("other", 2), Vec::<[u8; 16]>::new());
+        assert_eq!(acks.drain("q", 10), vec![[2; 16], [3; 16], [4; 16]]);
+        assert_eq!(acks.drain("q", 10), Vec::<[u8; 16]>::new());
+        // Nothing left anywhere: the flusher stops.
+        assert!(acks.due(None).is_none());
     }
 }

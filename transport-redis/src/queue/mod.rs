@@ -43,10 +43,10 @@
 //! not counted; whoever loses the race between the oneshot's send and the
 //! receiver's close does it, so nothing waits for a visibility timeout.
 //!
-//! `get` acknowledges without waiting: its `ZREM`/`HDEL`s ride in the same write
-//! as the next `TAKE` of that queue on the bus, or go through the ordered writer
-//! after a millisecond (or at shutdown) when no take comes, so a consumer taking
-//! in a loop costs one round trip per item. `receive` hands out a delivery to
+//! `get` acknowledges without waiting: its id rides in the next `TAKE` of that
+//! queue on the bus, which settles it before popping, or goes through the
+//! ordered writer after a millisecond (or at shutdown) when no take comes, so a
+//! consumer taking in a loop costs one command and one round trip per item. `receive` hands out a delivery to
 //! `ack` (delete) or `nack` (back to the head of the queue). Unsettled items come
 //! back after their visibility timeout: every bus with a consumer taking runs the
 //! reaper every `reap_interval`, and `len` runs it too. Delivery is at least

@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 /// The end of [`TAKE`] and [`ADOPT`], once `item` is popped: parks it in the
 /// in-flight table until ARGV[3], the deadline on the Redis clock when the
-/// client knows that clock (else TIME + ARGV[1]), and returns it with its attempt
+/// client knows that clock (else, absent or `0`, TIME + ARGV[1]), and returns it with its attempt
 /// number when ARGV[2] is `1` (`receive`; a `get` has no use for it). Attempts
 /// are counted when an item comes back (reaped or nacked), not when it is
 /// taken, so the take itself writes nothing but the park. Inline, without
@@ -15,7 +15,7 @@ if not item then return false end
 local id = string.sub(item, 5, 20)
 redis.call('HSET', base .. ':fly', id, item)
 local deadline = ARGV[3]
-if not deadline then
+if not deadline or deadline == '0' then
   local t = redis.call('TIME')
   deadline = t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[1]
 end
@@ -25,16 +25,31 @@ if ARGV[2] == '1' then
 end
 return {item, 1}";
 
-/// Takes one waiting item into flight, if there is one.
+/// Settles the items of earlier `get`s, then takes one waiting item into
+/// flight, if there is one.
 /// KEYS[1] = base, ARGV[1] = visibility (ms), ARGV[2] = `1` for the attempt
-/// number, ARGV[3] (optional) = deadline (ms, Redis clock). Sent on the shared command connection, so concurrent takes are
-/// pipelined with every other command.
+/// number, ARGV[3] = deadline (ms, Redis clock; `0` when unknown), ARGV[4..] =
+/// ids to settle (at most [`MAX_SETTLED_PER_TAKE`]). Sent on the shared command
+/// connection, so concurrent takes are pipelined with every other command.
+///
+/// Settling inside the script, rather than in commands sent beside it, saves
+/// Redis three commands to parse, run and answer per item: the queue workload
+/// is bound by Redis's time per item.
 pub(super) static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "local base = KEYS[1]
+if #ARGV > 3 then
+  redis.call('ZREM', base .. ':vis', unpack(ARGV, 4))
+  redis.call('HDEL', base .. ':fly', unpack(ARGV, 4))
+  redis.call('HDEL', base .. ':att', unpack(ARGV, 4))
+end
 local item = redis.call('RPOP', base){PARK}"
     ))
 });
+
+/// How many settlements one [`TAKE`] carries at most (Lua's `unpack` puts
+/// them all on its stack); any more wait for the next take or the flusher.
+pub(super) const MAX_SETTLED_PER_TAKE: usize = 256;
 
 /// Adopts an item a blocking pop just moved into the processing list.
 /// KEYS[1] = base, ARGV[1..2] as for [`TAKE`] (the deadline is taken from the

@@ -1,8 +1,8 @@
 //! Taking an item: at once with `TAKE`, else waiting in a blocking pop and
 //! adopting; and putting back what a caller that left would have taken.
 
-use super::ack::{settle_commands, settle_soon};
-use super::scripts::{ADOPT, NACK_LUA, TAKE};
+use super::ack::settle_soon;
+use super::scripts::{ADOPT, MAX_SETTLED_PER_TAKE, NACK_LUA, TAKE};
 use super::{base_key, job, Taken, Waiting};
 use crate::connection::transport_error;
 use crate::pubsub::decode;
@@ -102,7 +102,7 @@ pub(super) async fn take(
 /// A reply from Redis that must be read even if its caller leaves.
 type Reply = std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<Value>> + Send>>;
 
-/// Runs [`TAKE`], carrying the acknowledgements of earlier gets in the same write.
+/// Runs [`TAKE`], carrying the acknowledgements of earlier gets.
 async fn take_now(
     bus: &Arc<Shared>,
     base: &str,
@@ -115,38 +115,34 @@ async fn take_now(
         .min(bus.config.outage_wait);
     let conn = bus.link.get(wait).await?;
     let mut c = conn.conn.clone();
-    let mut pipe = redis::pipe();
-    for id in bus.queues.acks.drain(base) {
-        for cmd in settle_commands(base, &id) {
-            pipe.add_command(cmd).ignore();
-        }
-    }
-    pipe.cmd("EVALSHA")
-        .arg(TAKE.get_hash())
+    let settled = bus.queues.acks.drain(base, MAX_SETTLED_PER_TAKE);
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(TAKE.get_hash())
         .arg(1)
         .arg(base)
         .arg(terms.visibility_ms)
-        .arg(terms.attempt_arg());
-    // Saves the script a TIME call, which costs as much as a quarter of the rest.
-    if let Some(now) = bus.queues.clock.now(base) {
-        pipe.arg(now + terms.visibility_ms);
+        .arg(terms.attempt_arg())
+        // Saves the script a TIME call, which costs as much as a quarter of the rest.
+        .arg(
+            bus.queues
+                .clock
+                .now(base)
+                .map_or(0, |now| now + terms.visibility_ms),
+        );
+    for id in &settled {
+        cmd.arg(&id[..]);
     }
-    let key = base.to_owned();
     let reply: Reply = Box::pin(async move {
-        match pipe.query_async::<(Value,)>(&mut c).await {
-            Ok((value,)) => Ok(value),
-            // Not loaded (first use, restart, SCRIPT FLUSH): nothing was taken
-            // (the acknowledgements before it did run).
+        match cmd.query_async::<Value>(&mut c).await {
+            // Not loaded (first use, restart, SCRIPT FLUSH): the script did
+            // not run at all, settlements included; load it and run it again.
             Err(err)
                 if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
-                TAKE.key(&key)
-                    .arg(terms.visibility_ms)
-                    .arg(terms.attempt_arg())
-                    .invoke_async::<Value>(&mut c)
-                    .await
+                TAKE.load_async(&mut c).await?;
+                cmd.query_async::<Value>(&mut c).await
             }
-            Err(err) => Err(err),
+            other => other,
         }
     });
     let mut pending = PendingTake {
@@ -159,6 +155,13 @@ async fn take_now(
         None => unreachable!("set just above"),
     };
     pending.reply = None;
+    if result.is_err() {
+        // Settling twice does no harm, while a settlement lost with the
+        // connection would deliver its item again.
+        for id in &settled {
+            settle_soon(bus, base, id);
+        }
+    }
     Ok(match conn.check(result)? {
         Value::Nil | Value::Boolean(false) => Took::Empty,
         value => match parse_taken(bus, base, value) {

@@ -312,3 +312,57 @@ pub(crate) async fn abandoned_gets_put_items_back_at_once(target: &impl Target) 
     }
     assert_eq!(q.len().await.unwrap(), 0);
 }
+
+/// Items taken with `get` are settled for good, whether a later take carried
+/// the settlement or the flusher sent it (the last get of a stream): none comes
+/// back after its visibility timeout, which here is short and reaped often.
+pub(crate) async fn got_items_never_come_back(target: &impl Target) {
+    const N: u32 = 400;
+    const GETTERS: u32 = 8;
+    const VISIBILITY: Duration = Duration::from_millis(200);
+    let url = target.url();
+    let quick = |c: &mut busbar_redis::Config| {
+        c.get_visibility = VISIBILITY;
+        c.reap_interval = Duration::from_millis(20);
+    };
+    let (consumer, watcher, producer) = (
+        bus_with(&url, quick).await,
+        bus_with(&url, quick).await,
+        bus(&url).await,
+    );
+    let p = producer.queue::<u32>("settle.q").unwrap();
+    for i in 0..N {
+        p.put(&i).await.unwrap();
+    }
+    // Concurrent gets on one bus, so one take carries several settlements.
+    let getters: Vec<_> = (0..GETTERS)
+        .map(|_| {
+            let q = consumer.queue::<u32>("settle.q").unwrap();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for _ in 0..N / GETTERS {
+                    got.push(
+                        q.get(Duration::from_secs(5))
+                            .await
+                            .unwrap()
+                            .expect("an item"),
+                    );
+                }
+                got
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for getter in getters {
+        for item in getter.await.unwrap() {
+            assert!(seen.insert(item), "item {item} was got twice");
+        }
+    }
+    assert_eq!(seen.len(), N as usize);
+    // The consumer stays up (closing would flush its settlements): another bus
+    // reaps, and must find nothing come back within many visibility timeouts.
+    let q = watcher.queue::<u32>("settle.q").unwrap();
+    let back = q.get(VISIBILITY * 10).await.unwrap();
+    assert_eq!(back, None, "a got item was delivered again");
+    drop(consumer);
+}
