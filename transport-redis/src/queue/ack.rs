@@ -155,19 +155,16 @@ async fn flush_acks(bus: Arc<Shared>, base: String) {
 
 /// Removes the in-flight items `ids` of queue `base` for good (the same steps
 /// [`TAKE`](super::scripts::TAKE) runs for the ids it carries).
-pub(super) fn settle_commands(base: &str, ids: &[[u8; 16]]) -> [redis::Cmd; 3] {
+pub(super) fn settle_commands(base: &str, ids: &[[u8; 16]]) -> [redis::Cmd; 2] {
     let mut zrem = redis::cmd("ZREM");
     zrem.arg(format!("{base}:vis"));
     let mut fly = redis::cmd("HDEL");
     fly.arg(format!("{base}:fly"));
-    let mut att = redis::cmd("HDEL");
-    att.arg(format!("{base}:att"));
     for id in ids {
-        for cmd in [&mut zrem, &mut fly, &mut att] {
-            cmd.arg(&id[..]);
-        }
+        zrem.arg(&id[..]);
+        fly.arg(&id[..]);
     }
-    [zrem, fly, att]
+    [zrem, fly]
 }
 
 /// Settles one delivery.

@@ -10,12 +10,15 @@
 //! | `ns:q:{jobs}:p` | list | items a pop just moved, for the next command to adopt |
 //! | `ns:q:{jobs}:fly` | hash | id → item, for items handed out and not yet settled |
 //! | `ns:q:{jobs}:vis` | zset | id → when the item comes back (ms, Redis clock) |
-//! | `ns:q:{jobs}:att` | hash | id → times it came back (reaped or nacked); absent for a first delivery |
+//!
+//! An item is stored as its encoded envelope; one that came back (reaped or
+//! nacked) carries the count in front, `"\x01" <count> "\x00" <envelope>`, so its
+//! attempt number travels with it and no table of attempts is read or cleaned
+//! per item.
 //!
 //! **Taking** (`get` and `receive`) first runs one script, `TAKE`, on the bus's
 //! shared command connection: it pops the oldest item and parks it in the
-//! in-flight table with its deadline, in one step, and returns it (for
-//! `receive`, with its attempt number: one more than `:att` says). Redis runs it
+//! in-flight table with its deadline, in one step, and returns it. Redis runs it
 //! before the reply leaves, so an item is never in the client's hands without
 //! being in flight: a reply lost with the connection costs a redelivery, never
 //! the item. Being an ordinary command, it is pipelined with everything else the
@@ -23,9 +26,8 @@
 //! reaper last read (`TIME` inside the script cost as much as a quarter of it).
 //!
 //! The queue workload is bound by Redis's time per item, so a take is kept to
-//! the calls that make it lossless (pop, `HSET`, `ZADD`); everything else
-//! happens on the rarer paths: attempts are counted when an item comes back,
-//! not when it leaves.
+//! the calls that make it lossless (pop, `HSET`, `ZADD`, and the `ZREM`/`HDEL`
+//! settling earlier gets); everything else happens on the rarer paths.
 //!
 //! Only when the queue is empty does a take wait, in one pipeline on a connection
 //! of its own (blocking pops never share a connection): `BLMOVE` from the queue
@@ -53,6 +55,7 @@
 //! once: an item whose consumer died or was too slow may be processed twice.
 
 mod ack;
+mod element;
 mod scripts;
 mod take;
 
@@ -128,7 +131,7 @@ pub(crate) async fn get(
     timeout: Duration,
 ) -> Result<Option<Envelope>> {
     let visibility = bus.config.get_visibility;
-    match take(bus, queue, timeout, visibility, false).await? {
+    match take(bus, queue, timeout, visibility).await? {
         None => Ok(None),
         Some(taken) => {
             settle_soon(bus, &taken.base, &taken.id);
@@ -144,7 +147,7 @@ pub(crate) async fn receive(
     timeout: Duration,
     visibility: Duration,
 ) -> Result<Option<RawDelivery>> {
-    let Some(taken) = take(bus, queue, timeout, visibility, true).await? else {
+    let Some(taken) = take(bus, queue, timeout, visibility).await? else {
         return Ok(None);
     };
     let acker = RedisAcker {

@@ -1,47 +1,54 @@
 //! The Lua scripts behind the queue: taking, adopting, putting back, reaping.
+//!
+//! A queue element is an encoded envelope, or, once the item has come back
+//! (reaped or nacked), `"\x01" <times it came back, decimal> "\x00"` followed by
+//! the envelope (see [`super::element`]). Carrying the count in the element
+//! keeps it with the item wherever the item goes, so taking and settling touch
+//! no attempts table.
 
 use redis::Script;
 use std::sync::LazyLock;
 
 /// The end of [`TAKE`] and [`ADOPT`], once `item` is popped: parks it in the
-/// in-flight table until ARGV[3], the deadline on the Redis clock when the
-/// client knows that clock (else, absent or `0`, TIME + ARGV[1]), and returns it with its attempt
-/// number when ARGV[2] is `1` (`receive`; a `get` has no use for it). Attempts
-/// are counted when an item comes back (reaped or nacked), not when it is
-/// taken, so the take itself writes nothing but the park. Inline, without
-/// helper functions: this runs once per item, and every call counts.
+/// in-flight table until ARGV[2], the deadline on the Redis clock when the
+/// client knows that clock (else, absent or `0`, TIME + ARGV[1]), and returns
+/// it. The id is read the way [`super::element::Element::parse`] reads it.
+/// Inline, without helper functions: this runs once per item, and every call
+/// counts.
 const PARK: &str = r"
 if not item then return false end
-local id = string.sub(item, 5, 20)
+local body = 1
+if string.byte(item, 1) == 1 then
+  local at = string.find(item, '\0', 2, true)
+  if at then body = at + 1 end
+end
+local id = string.sub(item, body + 4, body + 19)
+if #id < 16 then id = id .. string.rep('\0', 16 - #id) end
 redis.call('HSET', base .. ':fly', id, item)
-local deadline = ARGV[3]
+local deadline = ARGV[2]
 if not deadline or deadline == '0' then
   local t = redis.call('TIME')
   deadline = t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[1]
 end
 redis.call('ZADD', base .. ':vis', deadline, id)
-if ARGV[2] == '1' then
-  return {item, 1 + (tonumber(redis.call('HGET', base .. ':att', id)) or 0)}
-end
-return {item, 1}";
+return item";
 
 /// Settles the items of earlier `get`s, then takes one waiting item into
 /// flight, if there is one.
-/// KEYS[1] = base, ARGV[1] = visibility (ms), ARGV[2] = `1` for the attempt
-/// number, ARGV[3] = deadline (ms, Redis clock; `0` when unknown), ARGV[4..] =
-/// ids to settle (at most [`MAX_SETTLED_PER_TAKE`]). Sent on the shared command
-/// connection, so concurrent takes are pipelined with every other command.
+/// KEYS[1] = base, ARGV[1] = visibility (ms), ARGV[2] = deadline (ms, Redis
+/// clock; `0` when unknown), ARGV[3..] = ids to settle (at most
+/// [`MAX_SETTLED_PER_TAKE`]). Sent on the shared command connection, so
+/// concurrent takes are pipelined with every other command.
 ///
 /// Settling inside the script, rather than in commands sent beside it, saves
-/// Redis three commands to parse, run and answer per item: the queue workload
+/// Redis two commands to parse, run and answer per item: the queue workload
 /// is bound by Redis's time per item.
 pub(super) static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "local base = KEYS[1]
-if #ARGV > 3 then
-  redis.call('ZREM', base .. ':vis', unpack(ARGV, 4))
-  redis.call('HDEL', base .. ':fly', unpack(ARGV, 4))
-  redis.call('HDEL', base .. ':att', unpack(ARGV, 4))
+if #ARGV > 2 then
+  redis.call('ZREM', base .. ':vis', unpack(ARGV, 3))
+  redis.call('HDEL', base .. ':fly', unpack(ARGV, 3))
 end
 local item = redis.call('RPOP', base){PARK}"
     ))
@@ -52,9 +59,9 @@ local item = redis.call('RPOP', base){PARK}"
 pub(super) const MAX_SETTLED_PER_TAKE: usize = 256;
 
 /// Adopts an item a blocking pop just moved into the processing list.
-/// KEYS[1] = base, ARGV[1..2] as for [`TAKE`] (the deadline is taken from the
-/// Redis clock: the pop may have waited long). Sent with `EVALSHA` right behind the
-/// pop, in the same pipeline.
+/// KEYS[1] = base, ARGV[1] = visibility (ms); the deadline is taken from the
+/// Redis clock (the pop may have waited long). Sent with `EVALSHA` right behind
+/// the pop, in the same pipeline.
 pub(super) static ADOPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "local base = KEYS[1]
@@ -62,30 +69,48 @@ local item = redis.call('LPOP', base .. ':p'){PARK}"
     ))
 });
 
-/// Puts an in-flight item back at the head of the queue, counting the attempt
+/// A Lua function: the element `item` with one more return counted.
+const COUNT_RETURN: &str = r"
+local function count_return(item)
+  local count, body = 0, item
+  if string.byte(item, 1) == 1 then
+    local at = string.find(item, '\0', 2, true)
+    if at then
+      count = tonumber(string.sub(item, 2, at - 1)) or 0
+      body = string.sub(item, at + 1)
+    end
+  end
+  return '\1' .. (count + 1) .. '\0' .. body
+end";
+
+/// Puts an in-flight item back at the head of the queue, counting the return
 /// unless ARGV[2] is `1` (the item never reached a caller). KEYS[1] = base,
-/// ARGV[1] = id. Its source is also sent with `EVAL` from `Drop`, where there is
-/// no way to load it first.
-pub(super) const NACK_LUA: &str = r"
+/// ARGV[1] = id. Its source is also sent with `EVAL` from `Drop`, where there
+/// is no way to load it first.
+pub(super) static NACK_LUA: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{COUNT_RETURN}
 local base = KEYS[1]
 if redis.call('ZREM', base .. ':vis', ARGV[1]) == 1 then
   local item = redis.call('HGET', base .. ':fly', ARGV[1])
   redis.call('HDEL', base .. ':fly', ARGV[1])
   if item then
-    if ARGV[2] ~= '1' then redis.call('HINCRBY', base .. ':att', ARGV[1], 1) end
+    if ARGV[2] ~= '1' then item = count_return(item) end
     redis.call('RPUSH', base, item)
   end
   return 1
 end
-return 0";
+return 0"
+    )
+});
 
-pub(super) static NACK: LazyLock<Script> = LazyLock::new(|| Script::new(NACK_LUA));
+pub(super) static NACK: LazyLock<Script> = LazyLock::new(|| Script::new(&NACK_LUA));
 
 /// Reaps; returns the number of waiting items and the Redis clock (`TIME`).
 /// KEYS[1] = base.
 pub(super) static REAP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+    Script::new(&format!(
+        "{COUNT_RETURN}
 local base = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -95,8 +120,7 @@ for _, id in ipairs(due) do
   redis.call('ZREM', base .. ':vis', id)
   redis.call('HDEL', base .. ':fly', id)
   if item then
-    redis.call('HINCRBY', base .. ':att', id, 1)
-    redis.call('RPUSH', base, item)
+    redis.call('RPUSH', base, count_return(item))
   end
 end
 if redis.call('SET', base .. ':reap', '1', 'NX', 'PX', 1000) then
@@ -106,6 +130,6 @@ if redis.call('SET', base .. ':reap', '1', 'NX', 'PX', 1000) then
     item = redis.call('RPOP', base .. ':p')
   end
 end
-return {redis.call('LLEN', base), t[1], t[2]}",
-    )
+return {{redis.call('LLEN', base), t[1], t[2]}}"
+    ))
 });

@@ -2,6 +2,7 @@
 //! adopting; and putting back what a caller that left would have taken.
 
 use super::ack::settle_soon;
+use super::element::Element;
 use super::scripts::{ADOPT, MAX_SETTLED_PER_TAKE, NACK_LUA, TAKE};
 use super::{base_key, job, Taken, Waiting};
 use crate::connection::transport_error;
@@ -19,19 +20,6 @@ use tokio::time::Instant;
 struct Terms {
     /// How long it stays in flight.
     visibility_ms: u64,
-    /// Whether its attempt number is wanted (an extra read; `get` skips it).
-    attempt: bool,
-}
-
-impl Terms {
-    /// ARGV[2] of [`TAKE`] and [`ADOPT`].
-    fn attempt_arg(&self) -> &'static str {
-        if self.attempt {
-            "1"
-        } else {
-            "0"
-        }
-    }
 }
 
 /// What one attempt at taking gave.
@@ -62,13 +50,11 @@ pub(super) async fn take(
     queue: &Name,
     timeout: Duration,
     visibility: Duration,
-    attempt: bool,
 ) -> Result<Option<Taken>> {
     let base = base_key(&bus.config.namespace, queue.as_str());
     let deadline = Instant::now() + timeout;
     let terms = Terms {
         visibility_ms: millis(visibility).max(1),
-        attempt,
     };
     let _waiting = Waiting::enter(bus, &base);
     loop {
@@ -121,7 +107,6 @@ async fn take_now(
         .arg(1)
         .arg(base)
         .arg(terms.visibility_ms)
-        .arg(terms.attempt_arg())
         // Saves the script a TIME call, which costs as much as a quarter of the rest.
         .arg(
             bus.queues
@@ -194,22 +179,12 @@ impl Drop for PendingTake<'_> {
         runtime.spawn(async move {
             // Shutdown waits for this put-back before its last flush.
             let _waiting = Waiting::enter(&bus, &base);
-            if let Ok(Value::Array(parts)) = reply.await {
-                if let Some(Value::BulkString(item)) = parts.first() {
-                    put_back_id(&bus, &base, &item_id(item)).await;
-                }
+            if let Ok(Value::BulkString(item)) = reply.await {
+                let element = Element::parse(item.into());
+                put_back_id(&bus, &base, &element.id).await;
             }
         });
     }
-}
-
-/// The id in an item's wire bytes (where the scripts find it too).
-fn item_id(item: &[u8]) -> [u8; 16] {
-    let mut id = [0u8; 16];
-    if item.len() >= 20 {
-        id.copy_from_slice(&item[4..20]);
-    }
-    id
 }
 
 /// Waits for an item in a blocking pop run by a task of its own, which hands it
@@ -310,8 +285,7 @@ async fn wait(
         .arg(ADOPT.get_hash())
         .arg(1)
         .arg(base)
-        .arg(terms.visibility_ms)
-        .arg(terms.attempt_arg());
+        .arg(terms.visibility_ms);
     let mut closing = bus.closing.subscribe();
     let mut shutting_down = false;
     let mut unblocking = false;
@@ -360,7 +334,6 @@ async fn wait(
                 ADOPT
                     .key(base)
                     .arg(terms.visibility_ms)
-                    .arg(terms.attempt_arg())
                     .invoke_async::<Value>(&mut blocking.conn),
             )
             .await;
@@ -433,7 +406,11 @@ enum Popped {
 /// cannot load a script that Redis lost.
 fn put_back_command(base: &str, id: &[u8; 16]) -> redis::Cmd {
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(NACK_LUA).arg(1).arg(base).arg(&id[..]).arg(1);
+    cmd.arg(NACK_LUA.as_str())
+        .arg(1)
+        .arg(base)
+        .arg(&id[..])
+        .arg(1);
     cmd
 }
 
@@ -462,31 +439,20 @@ async fn put_back_id(bus: &Shared, base: &str, id: &[u8; 16]) {
 /// Turns a take's reply into an item. A malformed item is counted, logged and
 /// removed (it could never be processed); `None` then, and the caller takes again.
 fn parse_taken(bus: &Arc<Shared>, base: &str, value: Value) -> Option<Taken> {
-    let Value::Array(mut parts) = value else {
+    let Value::BulkString(item) = value else {
         return None;
     };
-    if parts.len() != 2 {
-        return None;
-    }
-    let attempt = match parts.pop() {
-        Some(Value::Int(n)) => n.clamp(1, u32::MAX as i64) as u32,
-        _ => 1,
-    };
-    let Some(Value::BulkString(item)) = parts.pop() else {
-        return None;
-    };
-    let id = item_id(&item);
-    let item = bytes::Bytes::from(item);
-    match decode(&item, bus.config.max_envelope, &bus.stats) {
+    let element = Element::parse(item.into());
+    match decode(&element.envelope, bus.config.max_envelope, &bus.stats) {
         Some(envelope) => Some(Taken {
             envelope,
-            attempt,
+            attempt: element.attempt,
             base: base.to_owned(),
-            id,
+            id: element.id,
         }),
         None => {
             // Only a valid envelope has a meaningful id: drop by the raw id bytes.
-            settle_soon(bus, base, &id);
+            settle_soon(bus, base, &element.id);
             None
         }
     }
