@@ -271,12 +271,15 @@ fn binary() -> String {
 /// of the guard's stdin closes, so a server never outlives the test process (even
 /// one held in a `static`, which is never dropped).
 ///
-/// The server runs in a session of its own (`setsid`, where there is one), as a
-/// Redis service does. Linux's autogroup scheduler shares the CPU between
-/// sessions first: in the test's session the server would compete thread by
-/// thread with the test's runtime, getting a third of two busy cores instead of
-/// a half, which on a 2-core machine cut the queue benchmark by a sixth (raw
-/// redis-rs and busbar alike).
+/// Where util-linux is there (`setsid`, `setpriv`), the server runs in a
+/// session of its own, as a Redis service does. Linux's autogroup scheduler
+/// shares the CPU between sessions first: in the test's session the server
+/// would compete thread by thread with the test's runtime, getting a third of
+/// two busy cores instead of a half, which on a 2-core machine cut the queue
+/// benchmark by a sixth (raw redis-rs and busbar alike). Outside the test's
+/// process group, the server would miss a signal sent to the whole group (a
+/// `timeout`, a Ctrl-C) that kills the guard first; `--pdeathsig KILL` has the
+/// kernel kill it when its guard dies, however the guard dies.
 fn spawn(
     port: u16,
     dir: &Path,
@@ -291,7 +294,8 @@ fn spawn(
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(concat!(
-            r#"command -v setsid >/dev/null 2>&1 && set -- setsid "$@"; "#,
+            r#"command -v setsid >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1 && "#,
+            r#"set -- setsid setpriv --pdeathsig KILL "$@"; "#,
             r#""$@" </dev/null & pid=$!; read -r _; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null"#
         ))
         .arg("sh")
