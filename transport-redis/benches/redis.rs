@@ -9,7 +9,7 @@
 //! - pub/sub: events received per second by one subscriber (on its own
 //!   connection) from one publisher calling `publish().await` in a loop, against
 //!   raw `PUBLISH` pipelined 100 at a time of the same encoded bytes to a RESP3
-//!   subscriber;
+//!   subscriber; either publisher stays within 20,000 events of its subscriber;
 //! - RPC: calls per second, one at a time and with 64 in flight, against a raw
 //!   request/reply over pub/sub (PUBLISH request, PUBLISH reply);
 //! - queue: items per second through 4 producers and 4 consumers (`put`/`get`),
@@ -82,6 +82,49 @@ impl Setup {
 
 // ----- pub/sub -----
 
+/// How far a publisher may run ahead of its subscriber. Without a bound, a
+/// subscriber that falls behind piles events up in Redis until Redis drops its
+/// connection (`client-output-buffer-limit pubsub`, 32 MB), and the run measures
+/// that buffer instead of a sustained rate (or never ends).
+const WINDOW: u64 = 20_000;
+
+/// Events received so far, for the publisher to keep within [`WINDOW`].
+#[derive(Default)]
+struct Received {
+    count: std::sync::atomic::AtomicU64,
+    more: tokio::sync::Notify,
+}
+
+impl Received {
+    /// Counts one; wakes the publisher now and then.
+    fn one(&self) {
+        let count = self
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if count.is_multiple_of(1024) {
+            self.more.notify_one();
+        }
+    }
+
+    /// Waits until `sent` is within [`WINDOW`] of what was received.
+    async fn room_for(&self, sent: u64) {
+        while sent > self.count.load(std::sync::atomic::Ordering::Relaxed) + WINDOW {
+            self.more.notified().await;
+        }
+    }
+}
+
+/// How long a subscriber may hear nothing before the run is declared broken.
+const SILENCE: Duration = Duration::from_secs(10);
+
+fn silent(got: u64, n: u64) -> ! {
+    panic!(
+        "the subscriber received {got} of {n} events, then nothing for {SILENCE:?} \
+         (did Redis drop a slow subscriber? see client-output-buffer-limit in its log)"
+    )
+}
+
 async fn busbar_pubsub(setup: &Setup, n: u64) -> Duration {
     let url = setup.url();
     let (subscriber, publisher) = (setup.bus(&url).await, setup.bus(&url).await);
@@ -92,14 +135,22 @@ async fn busbar_pubsub(setup: &Setup, n: u64) -> Duration {
         .subscribe_with::<Tick>(Pattern::new(Tick::TOPIC).unwrap(), options)
         .await
         .unwrap();
+    let received = Arc::new(Received::default());
     let start = Instant::now();
-    let consumer = tokio::spawn(async move {
-        for expected in 0..n {
-            let tick = sub.next().await.unwrap().unwrap();
-            assert_eq!(tick.seq, expected);
+    let consumer = tokio::spawn({
+        let received = received.clone();
+        async move {
+            for expected in 0..n {
+                let Ok(next) = tokio::time::timeout(SILENCE, sub.next()).await else {
+                    silent(expected, n)
+                };
+                assert_eq!(next.unwrap().unwrap().seq, expected);
+                received.one();
+            }
         }
     });
     for seq in 0..n {
+        received.room_for(seq).await;
         publisher.publish(&tick(seq)).await.unwrap();
     }
     consumer.await.unwrap();
@@ -125,17 +176,26 @@ async fn raw_pubsub(setup: &Setup, n: u64) -> Duration {
     sub.subscribe(&channel).await.unwrap();
     let mut publisher = setup.raw(None).await;
     let payload = encoded_tick();
+    let received = Arc::new(Received::default());
     let start = Instant::now();
-    let consumer = tokio::spawn(async move {
-        let mut got = 0;
-        while got < n {
-            if rx.recv().await.unwrap().kind == PushKind::Message {
-                got += 1;
+    let consumer = tokio::spawn({
+        let received = received.clone();
+        async move {
+            let mut got = 0;
+            while got < n {
+                let Ok(push) = tokio::time::timeout(SILENCE, rx.recv()).await else {
+                    silent(got, n)
+                };
+                if push.unwrap().kind == PushKind::Message {
+                    got += 1;
+                    received.one();
+                }
             }
         }
     });
     let mut sent = 0;
     while sent < n {
+        received.room_for(sent).await;
         let mut pipe = redis::pipe();
         for _ in 0..100.min(n - sent) {
             pipe.cmd("PUBLISH").arg(&channel).arg(&payload).ignore();
