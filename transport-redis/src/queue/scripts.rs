@@ -9,7 +9,8 @@
 use redis::Script;
 use std::sync::LazyLock;
 
-/// The end of [`TAKE`] and [`ADOPT`], once `item` is popped: parks it in the
+/// The end of [`TAKE`] and [`ADOPT`], once `item` is popped (and `fly`, `vis`
+/// name the in-flight hash and deadline set): parks it in the
 /// in-flight table until ARGV[2], the deadline on the Redis clock when the
 /// client knows that clock (else, absent or `0`, TIME + ARGV[1]), and returns
 /// it. The id is read the way [`super::element::Element::parse`] reads it.
@@ -24,13 +25,13 @@ if string.byte(item, 1) == 1 then
 end
 local id = string.sub(item, body + 4, body + 19)
 if #id < 16 then id = id .. string.rep('\0', 16 - #id) end
-redis.call('HSET', base .. ':fly', id, item)
+redis.call('HSET', fly, id, item)
 local deadline = ARGV[2]
 if not deadline or deadline == '0' then
   local t = redis.call('TIME')
   deadline = t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[1]
 end
-redis.call('ZADD', base .. ':vis', deadline, id)
+redis.call('ZADD', vis, deadline, id)
 return item";
 
 /// Settles the items of earlier `get`s, then takes one waiting item into
@@ -46,9 +47,10 @@ return item";
 pub(super) static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "local base = KEYS[1]
+local fly, vis = base .. ':fly', base .. ':vis'
 if #ARGV > 2 then
-  redis.call('ZREM', base .. ':vis', unpack(ARGV, 3))
-  redis.call('HDEL', base .. ':fly', unpack(ARGV, 3))
+  redis.call('ZREM', vis, unpack(ARGV, 3))
+  redis.call('HDEL', fly, unpack(ARGV, 3))
 end
 local item = redis.call('RPOP', base){PARK}"
     ))
@@ -65,6 +67,7 @@ pub(super) const MAX_SETTLED_PER_TAKE: usize = 256;
 pub(super) static ADOPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "local base = KEYS[1]
+local fly, vis = base .. ':fly', base .. ':vis'
 local item = redis.call('LPOP', base .. ':p'){PARK}"
     ))
 });
