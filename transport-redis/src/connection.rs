@@ -571,17 +571,16 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer. On a cluster, plain publishes all go through the node
-    /// holding `events_via`: nodes forward them to each other in order, but two
-    /// nodes' publishes can overtake each other on the way to a subscriber.
+    /// Starts the writer. On a cluster each publish goes through the node of its
+    /// channel's slot; all event channels of a namespace share one slot (see
+    /// `pubsub::event_prefix`), so a bus's events leave through one node, in order.
     pub(crate) fn start(
         link: Arc<CommandLink>,
         config: &Config,
-        events_via: Bytes,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let capacity = config.publish_buffer.max(1);
         let (tx, rx) = mpsc::channel(capacity);
-        let task = tokio::spawn(write_loop(link.clone(), rx, config.outage_wait, events_via));
+        let task = tokio::spawn(write_loop(link.clone(), rx, config.outage_wait));
         (
             Writer {
                 tx,
@@ -634,12 +633,7 @@ impl Writer {
     }
 }
 
-async fn write_loop(
-    link: Arc<CommandLink>,
-    mut rx: mpsc::Receiver<Job>,
-    outage_wait: Duration,
-    events_via: Bytes,
-) {
+async fn write_loop(link: Arc<CommandLink>, mut rx: mpsc::Receiver<Job>, outage_wait: Duration) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut flushed = Vec::new();
     let cluster = link.is_cluster();
@@ -647,7 +641,7 @@ async fn write_loop(
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
         }
-        let pipes = pipelines(batch.drain(..), cluster, &events_via, &mut flushed);
+        let pipes = pipelines(batch.drain(..), cluster, &mut flushed);
         let count: usize = pipes.iter().map(|(_, pipe)| pipe.len()).sum();
         if count == 0 {
             for done in flushed.drain(..) {
@@ -691,11 +685,10 @@ async fn write_loop(
 }
 
 /// The batch as pipelines: one for a single server, one per hash slot for a
-/// cluster (each named by a key of its slot; plain publishes by `events_via`).
+/// cluster (each named by a key of its slot).
 fn pipelines(
     batch: impl Iterator<Item = Job>,
     cluster: bool,
-    events_via: &Bytes,
     flushed: &mut Vec<tokio::sync::oneshot::Sender<()>>,
 ) -> Vec<(Bytes, redis::Pipeline)> {
     let mut pipes: Vec<(Bytes, redis::Pipeline)> = Vec::new();
@@ -713,10 +706,7 @@ fn pipelines(
                     "PUBLISH"
                 });
                 publish.arg(&channel[..]).arg(&payload[..]);
-                (
-                    if sharded { channel } else { events_via.clone() },
-                    vec![publish],
-                )
+                (channel, vec![publish])
             }
             Job::Commands { key, cmds } => (key, cmds.into_vec()),
             Job::Flush(done) => {

@@ -8,7 +8,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! - **Events** are `PUBLISH`ed on `<namespace>:e:<topic>` by one ordered writer
+//! - **Events** are `PUBLISH`ed on `{<namespace>:e}:<topic>` by one ordered writer
 //!   that pipelines concurrent publishes; wildcard subscriptions `PSUBSCRIBE` a
 //!   coarser glob and filter exactly on the client ([`pubsub`]).
 //! - **Queues** are lists with an in-flight table and a visibility timeout; a take
@@ -56,8 +56,11 @@
 //! - a queue's keys share one hash slot (`ns:q:{queue}`, `:p`, `:fly`, ...), so
 //!   its Lua scripts run on one node; blocking pops go to that node;
 //! - events use plain `PUBLISH`/`PSUBSCRIBE`, which a cluster forwards to every
-//!   node, so wildcard subscriptions work; a bus publishes every event through
-//!   one node (the one of its id's slot), which keeps per-publisher order;
+//!   node, so wildcard subscriptions work; the `{<namespace>:e}` hash tag puts
+//!   every event channel and glob of a namespace in one slot, so publishes and
+//!   subscriptions meet on one node: per-publisher order holds, and a new
+//!   subscription never hears an event published before it (forwarding between
+//!   nodes is asynchronous, and would allow both);
 //! - RPC presence and inboxes are sharded channels (`SSUBSCRIBE`/`SPUBLISH`) in
 //!   the slot of the method's request list, so the subscriber count that `call`
 //!   and `call_all` rely on is complete on the node that reads it (a plain
@@ -471,7 +474,7 @@ impl RedisBus {
         let (link, link_task) = CommandLink::connect(opener.clone(), stats.clone()).await?;
         let uid = format!("{}", MessageId::new());
         // On a cluster, each bus publishes its events through the node of its id.
-        let (writer, writer_task) = Writer::start(link.clone(), &config, uid.clone().into());
+        let (writer, writer_task) = Writer::start(link.clone(), &config);
         let (subscriber, subscriber_task) =
             Subscriber::connect(opener.clone(), stats.clone()).await?;
         let shared = Arc::new(Shared {

@@ -1,8 +1,9 @@
 //! Pub/sub: events on channels, and the subscriber connection that RPC shares.
 //!
-//! Events travel on the channel `<namespace>:e:<topic>`. A literal subscription
-//! is a `SUBSCRIBE` of its channel; a wildcard one is a `PSUBSCRIBE` of a glob that
-//! over-approximates it (`orders.*.eu` becomes `<ns>:e:orders.*`), and every
+//! Events travel on the channel `{<namespace>:e}:<topic>` (see
+//! [`event_prefix`] for the braces). A literal subscription is a `SUBSCRIBE` of
+//! its channel; a wildcard one is a `PSUBSCRIBE` of a glob that over-approximates
+//! it (`orders.*.eu` becomes `{<ns>:e}:orders.*`), and every
 //! event is filtered exactly with [`Pattern::matches`] before delivery. Each
 //! subscription is routed under exactly one Redis channel or glob, so it gets an
 //! event once even when several of the bus's globs match.
@@ -448,9 +449,21 @@ pub(crate) fn decode(payload: &Bytes, max: usize, stats: &Stats) -> Option<Envel
     }
 }
 
+/// What every event channel of `namespace` starts with: `{<namespace>:e}:`.
+///
+/// The braces are a cluster hash tag: every event channel and every glob of a
+/// namespace hashes to one slot, so a bus's subscriptions and the publishes
+/// they hear all meet on one node. Plain pub/sub is forwarded between cluster
+/// nodes asynchronously; with subscriptions on several nodes, an event could
+/// reach a subscription made after it was published, or overtake an earlier
+/// event on the way. (Braces mean nothing to a glob, so patterns keep them.)
+pub(crate) fn event_prefix(namespace: &str) -> String {
+    format!("{{{namespace}:e}}:")
+}
+
 /// The channel events on `topic` are published to.
 pub(crate) fn event_channel(namespace: &str, topic: &str) -> String {
-    format!("{namespace}:e:{topic}")
+    event_prefix(namespace) + topic
 }
 
 /// What to subscribe to for `pattern`: its channel when literal, otherwise a glob
@@ -459,29 +472,21 @@ pub(crate) fn topic_for(namespace: &str, pattern: &Pattern) -> Topic {
     if pattern.is_literal() {
         return Topic::Channel(event_channel(namespace, pattern.as_str()));
     }
-    let mut glob = format!("{namespace}:e:");
-    for c in pattern.literal_prefix().chars() {
+    let mut glob = String::new();
+    push_literally(&event_prefix(namespace), &mut glob);
+    push_literally(pattern.literal_prefix(), &mut glob);
+    glob.push('*');
+    Topic::Glob(glob)
+}
+
+/// Appends `text` to a glob, escaping what a Redis glob would read as special.
+fn push_literally(text: &str, glob: &mut String) {
+    for c in text.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
             glob.push('\\');
         }
         glob.push(c);
     }
-    glob.push('*');
-    Topic::Glob(escape_namespace(namespace, glob))
-}
-
-fn escape_namespace(namespace: &str, glob: String) -> String {
-    if !namespace.contains(['*', '?', '[', ']', '\\']) {
-        return glob;
-    }
-    let mut out = String::new();
-    for c in namespace.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out + &glob[namespace.len()..]
 }
 
 /// Delivers events matching one subscription's pattern to its mailbox.
@@ -528,7 +533,7 @@ pub(crate) async fn subscribe(
     let (sender, receiver) = mailbox(options.capacity, bus.stats.clone());
     let route = EventRoute {
         pattern: pattern.clone(),
-        prefix: format!("{}:e:", bus.config.namespace),
+        prefix: event_prefix(&bus.config.namespace),
         sender,
         stats: bus.stats.clone(),
         max_envelope: bus.config.max_envelope,
@@ -563,22 +568,41 @@ mod tests {
     fn literal_patterns_subscribe_their_channel() {
         assert_eq!(
             glob("orders.created"),
-            Topic::Channel("bb:e:orders.created".into())
+            Topic::Channel("{bb:e}:orders.created".into())
         );
     }
 
     #[test]
     fn wildcards_become_a_coarser_glob() {
-        assert_eq!(glob("orders.*"), Topic::Glob("bb:e:orders.*".into()));
-        assert_eq!(glob("orders.*.eu"), Topic::Glob("bb:e:orders.*".into()));
-        assert_eq!(glob("sensors.>"), Topic::Glob("bb:e:sensors.*".into()));
-        assert_eq!(glob(">"), Topic::Glob("bb:e:*".into()));
-        assert_eq!(glob("a?[b].*"), Topic::Glob("bb:e:a\\?\\[b\\].*".into()));
+        assert_eq!(glob("orders.*"), Topic::Glob("{bb:e}:orders.*".into()));
+        assert_eq!(glob("orders.*.eu"), Topic::Glob("{bb:e}:orders.*".into()));
+        assert_eq!(glob("sensors.>"), Topic::Glob("{bb:e}:sensors.*".into()));
+        assert_eq!(glob(">"), Topic::Glob("{bb:e}:*".into()));
+        assert_eq!(glob("a?[b].*"), Topic::Glob("{bb:e}:a\\?\\[b\\].*".into()));
     }
 
     #[test]
     fn glob_specials_in_the_namespace_are_escaped() {
         let topic = topic_for("n[1]", &Pattern::new("x.*").unwrap());
-        assert_eq!(topic, Topic::Glob("n\\[1\\]:e:x.*".into()));
+        assert_eq!(topic, Topic::Glob("{n\\[1\\]:e}:x.*".into()));
+    }
+
+    #[test]
+    fn every_event_channel_and_glob_of_a_namespace_shares_one_slot() {
+        let slot = |name: &str| redis::cluster_routing::Slot::for_key(name);
+        let channel = event_channel("app", "orders.created");
+        for other in [
+            event_channel("app", "sensors.t1"),
+            match glob_in("app", "orders.*") {
+                Topic::Glob(glob) => glob,
+                other => panic!("{other:?}"),
+            },
+        ] {
+            assert_eq!(slot(&channel), slot(&other), "{channel} and {other}");
+        }
+    }
+
+    fn glob_in(namespace: &str, pattern: &str) -> Topic {
+        topic_for(namespace, &Pattern::new(pattern).unwrap())
     }
 }

@@ -81,7 +81,7 @@ async fn keys_outside_the_users_permissions_fail_clearly() {
 async fn a_refused_subscription_is_a_prompt_clear_error() {
     let server = RedisServer::start();
     // Redis allows PSUBSCRIBE only for patterns the ACL names literally.
-    let url = with_user(&server, &["~busbar:*", "&busbar:e:allowed", "+@all"]);
+    let url = with_user(&server, &["~busbar:*", "&{busbar:e}:allowed", "+@all"]);
     let bus = Bus::connect(&url).await.unwrap();
     let started = std::time::Instant::now();
     let err = bus
