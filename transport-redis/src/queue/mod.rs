@@ -29,6 +29,13 @@
 //! the calls that make it lossless (pop, `HSET`, `ZADD`, and the `ZREM`/`HDEL`
 //! settling earlier gets); everything else happens on the rarer paths.
 //!
+//! Not built yet, and the next step for speed: a `get` with no script at all.
+//! `LMOVE` from the queue into a processing list of the bus (atomic, native),
+//! settled by `LREM` of the element, with a liveness key per bus that the
+//! reaper checks before returning a silent bus's list to the queue, and a bus
+//! that reconnects returning its own list first. TAKE costs about 3.9 µs of
+//! Redis time per item; `LMOVE` plus `LREM` would cost under 1.
+//!
 //! Only when the queue is empty does a take wait, in one pipeline on a connection
 //! of its own (blocking pops never share a connection): `BLMOVE` from the queue
 //! into `:p` with the server-side timeout, then `ADOPT`, which moves one item from
