@@ -1,7 +1,7 @@
 //! Pub/sub: events on channels, and the subscriber connection that RPC shares.
 //!
 //! Events travel on the channel `{<namespace>:e}:<topic>` (see
-//! [`event_prefix`] for the braces). A literal subscription is a `SUBSCRIBE` of
+//! `event_prefix` for the braces). A literal subscription is a `SUBSCRIBE` of
 //! its channel; a wildcard one is a `PSUBSCRIBE` of a glob that over-approximates
 //! it (`orders.*.eu` becomes `{<ns>:e}:orders.*`), and every
 //! event is filtered exactly with [`Pattern::matches`] before delivery. Each
