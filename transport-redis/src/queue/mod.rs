@@ -33,8 +33,10 @@
 //! `LMOVE` from the queue into a processing list of the bus (atomic, native),
 //! settled by `LREM` of the element, with a liveness key per bus that the
 //! reaper checks before returning a silent bus's list to the queue, and a bus
-//! that reconnects returning its own list first. TAKE costs about 3.9 µs of
-//! Redis time per item; `LMOVE` plus `LREM` would cost under 1.
+//! that reconnects returning its own list first. A prototype without the
+//! reconnect and liveness parts cut Redis CPU per item from 23 to 18 µs on a
+//! slow day (`INFO commandstats`: `EVALSHA` of TAKE 6.6 µs there, against
+//! 0.9 for `LMOVE` and 0.6 for `LREM`).
 //!
 //! Only when the queue is empty does a take wait, in one pipeline on a connection
 //! of its own (blocking pops never share a connection): `BLMOVE` from the queue
