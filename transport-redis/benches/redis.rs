@@ -547,7 +547,55 @@ fn main() {
                     t.await.unwrap();
                 }
                 let gets = n as f64 / start.elapsed().as_secs_f64();
-                println!("4 producers alone: {puts:.0} puts/s; 4 consumers of a full queue: {gets:.0} gets/s");
+                let key = format!("rawsplit:{}", setup.url());
+                let payload = encoded_tick();
+                let mut conns = Vec::new();
+                for _ in 0..4 {
+                    conns.push(setup.raw(None).await);
+                }
+                let start = Instant::now();
+                let tasks: Vec<_> = conns
+                    .iter()
+                    .map(|conn| {
+                        let (mut conn, key, payload) = (conn.clone(), key.clone(), payload.clone());
+                        tokio::spawn(async move {
+                            for _ in 0..n / 4 {
+                                let _: i64 = redis::cmd("LPUSH")
+                                    .arg(&key)
+                                    .arg(&payload)
+                                    .query_async(&mut conn)
+                                    .await
+                                    .unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                let raw_puts = n as f64 / start.elapsed().as_secs_f64();
+                let start = Instant::now();
+                let tasks: Vec<_> = conns
+                    .iter()
+                    .map(|conn| {
+                        let (mut conn, key) = (conn.clone(), key.clone());
+                        tokio::spawn(async move {
+                            for _ in 0..n / 4 {
+                                let _: (Vec<u8>, Vec<u8>) = redis::cmd("BRPOP")
+                                    .arg(&key)
+                                    .arg(1)
+                                    .query_async(&mut conn)
+                                    .await
+                                    .unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                let raw_gets = n as f64 / start.elapsed().as_secs_f64();
+                println!("4 producers alone: {puts:.0} puts/s (raw LPUSH {raw_puts:.0}); 4 consumers of a full queue: {gets:.0} gets/s (raw BRPOP {raw_gets:.0})");
                 return;
             }
             Ok("queue-busbar") => {

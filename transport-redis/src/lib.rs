@@ -118,11 +118,12 @@ pub struct Config {
     pub reconnect_min: Duration,
     /// Longest delay between reconnect attempts.
     pub reconnect_max: Duration,
-    /// How long an item taken by `get` stays in flight if its acknowledgement is
-    /// lost (it then comes back). Only a connection lost between the take and the
-    /// acknowledgement leaves an item there: a `get` whose caller gives up puts
-    /// back what Redis handed it at once. Long enough (30 s) that an
-    /// acknowledgement delayed by a reconnect is not overtaken by a redelivery.
+    /// How long the lane a `get` takes on stays registered without being renewed
+    /// (at half of it): an item its bus took and never settled, because the bus
+    /// died, comes back this long after. A lane whose connection is lost returns
+    /// its item at once, and a `get` whose caller gives up puts back what Redis
+    /// handed it at once. Long enough (30 s) that a bus stalled for a while is
+    /// not overtaken by a redelivery.
     pub get_visibility: Duration,
     /// How often a bus whose consumers wait looks for items whose visibility expired.
     pub reap_interval: Duration,
@@ -681,6 +682,7 @@ impl EventBus for RedisBus {
                 }
             }
         }
+        queue::close_lanes(bus).await;
         // Flush the writer: a PING through the command link after queued writes.
         flush(bus).await;
         bus.pending.fail_all();

@@ -37,3 +37,8 @@ async fn abandoned_gets_put_items_back_at_once() {
 async fn whole_cluster_restart_mid_stream() {
     scenarios::restart_mid_stream(&mut RedisCluster::start_persistent()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapsed_lanes_come_back() {
+    scenarios::lapsed_lanes_come_back(&RedisCluster::start()).await;
+}

@@ -60,3 +60,8 @@ async fn flushed_scripts_strand_no_item() {
     }
     assert_eq!(q.len().await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapsed_lanes_come_back() {
+    scenarios::lapsed_lanes_come_back(&RedisServer::start()).await;
+}

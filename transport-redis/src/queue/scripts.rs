@@ -109,14 +109,62 @@ return 0"
 
 pub(super) static NACK: LazyLock<Script> = LazyLock::new(|| Script::new(&NACK_LUA));
 
+/// A Lua function: moves everything left in the processing list `list` of a
+/// `get` lane back to the head of queue `base` (its newest first, so the oldest
+/// is taken first), each return counted, and forgets the lane `name`.
+const RETURN_LANE: &str = r"
+local function return_lane(base, list, name)
+  local item = redis.call('LPOP', list)
+  while item do
+    redis.call('RPUSH', base, count_return(item))
+    item = redis.call('LPOP', list)
+  end
+  redis.call('ZREM', base .. ':gs', name)
+end";
+
+/// Closes a `get` lane: pushes back the items whose callers left, trims the
+/// settled ones, returns whatever else is left (see [`super::lane`]) and
+/// forgets the lane. KEYS[1] = base, KEYS[2] = the lane's list, ARGV[1] = its
+/// name, ARGV[2] = how many items at its right end are settled, ARGV[3..] =
+/// elements to push back, oldest first. Sent with `EVAL`, from the writer or
+/// at shutdown, where there is no way to load it first; a broken lane sends
+/// no counts, and everything in it comes back.
+pub(super) static CLOSE_LANE_LUA: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{COUNT_RETURN}{RETURN_LANE}
+local base, list = KEYS[1], KEYS[2]
+for i = #ARGV, 3, -1 do
+  redis.call('RPUSH', base, ARGV[i])
+end
+local settled = tonumber(ARGV[2]) or 0
+if settled > 0 then redis.call('LTRIM', list, 0, -settled - 1) end
+return_lane(base, list, ARGV[1])
+return 0"
+    )
+});
+
+/// Registers a `get` lane until TIME + ARGV[1] ms. KEYS[1] = base, ARGV[2] =
+/// the lane's name. Used only when the client does not know the Redis clock
+/// (otherwise a plain `ZADD` does it).
+pub(super) const REGISTER_LANE_LUA: &str = r"
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1] .. ':gs', t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[1], ARGV[2])
+return 0";
+
 /// Reaps; returns the number of waiting items and the Redis clock (`TIME`).
-/// KEYS[1] = base.
+/// KEYS[1] = base. Besides in-flight items whose visibility expired, it
+/// returns the items of `get` lanes whose registration lapsed (their bus is
+/// gone).
 pub(super) static REAP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{COUNT_RETURN}
+        "{COUNT_RETURN}{RETURN_LANE}
 local base = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lapsed = redis.call('ZRANGEBYSCORE', base .. ':gs', '-inf', now, 'LIMIT', 0, 64)
+for _, name in ipairs(lapsed) do
+  return_lane(base, base .. ':g:' .. name, name)
+end
 local due = redis.call('ZRANGEBYSCORE', base .. ':vis', '-inf', now, 'LIMIT', 0, 256)
 for _, id in ipairs(due) do
   local item = redis.call('HGET', base .. ':fly', id)

@@ -380,11 +380,11 @@ fn adopted_or(moved: bool, adopted: Value) -> Popped {
 }
 
 /// How often an unblock is repeated until the pop it ends answers.
-const UNBLOCK_RETRY: Duration = Duration::from_millis(10);
+pub(super) const UNBLOCK_RETRY: Duration = Duration::from_millis(10);
 
 /// Ends a blocking pop on the server (through the writer: this runs while the
 /// pop's own connection waits). False when it could not even be queued.
-fn unblock(bus: &Shared, base: &str, client_id: i64) -> bool {
+pub(super) fn unblock(bus: &Shared, base: &str, client_id: i64) -> bool {
     let mut unblock = redis::cmd("CLIENT");
     unblock.arg("UNBLOCK").arg(client_id);
     bus.writer.send_now(job(base, [unblock]))

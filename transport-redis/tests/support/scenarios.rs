@@ -20,6 +20,8 @@ pub(crate) trait Target {
     fn stop(&mut self);
     /// Starts them again on the same ports and data, and waits until they serve.
     fn resume(&mut self);
+    /// Runs a command on the node holding its keys; the raw reply.
+    fn command(&self, args: &[&str]) -> String;
 }
 
 fn kill(command: impl Fn(&[&str]) -> std::io::Result<String>) {
@@ -42,6 +44,9 @@ impl Target for RedisServer {
     fn resume(&mut self) {
         RedisServer::resume(self);
     }
+    fn command(&self, args: &[&str]) -> String {
+        RedisServer::command(self, args).expect("a command")
+    }
 }
 
 impl Target for RedisCluster {
@@ -58,6 +63,13 @@ impl Target for RedisCluster {
     }
     fn resume(&mut self) {
         RedisCluster::resume(self);
+    }
+    fn command(&self, args: &[&str]) -> String {
+        // A node that does not own the keys answers MOVED, doing nothing.
+        (0..self.ports().len())
+            .map(|node| self.node_command(node, args).expect("a command"))
+            .find(|reply| !reply.contains("MOVED"))
+            .expect("a node owning the keys")
     }
 }
 
@@ -365,4 +377,49 @@ pub(crate) async fn got_items_never_come_back(target: &impl Target) {
     let q = watcher.queue::<u32>("settle.q").unwrap();
     let back = q.get(VISIBILITY * 3).await.unwrap();
     assert_eq!(back, None, "a got item was delivered again");
+}
+
+/// A `get` lane whose bus is gone (it died between its pop and settling, and
+/// its registration lapsed) holds an item: the reaper of a live bus puts it
+/// back at the head of the queue with its return counted, and `len` counts it.
+pub(crate) async fn lapsed_lanes_come_back(target: &impl Target) {
+    let url = target.url();
+    let bus = bus(&url).await;
+    let q = bus.queue::<u32>("lapsed.q").unwrap();
+    for item in [1, 2] {
+        q.put(&item).await.unwrap();
+    }
+    let base = "busbar:q:{lapsed.q}";
+    let lane = format!("{base}:g:gone:0");
+    let moved = target.command(&["LMOVE", base, &lane, "RIGHT", "LEFT"]);
+    assert!(!moved.starts_with('-'), "LMOVE answered {moved:?}");
+    target.command(&["ZADD", &format!("{base}:gs"), "1", "gone:0"]);
+    assert_eq!(
+        q.len().await.unwrap(),
+        2,
+        "the lapsed lane's item waits again"
+    );
+    let acked = bus
+        .queue::<u32>("lapsed.q")
+        .unwrap()
+        .visibility_timeout(Duration::from_secs(5));
+    let first = acked
+        .receive(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("an item");
+    assert_eq!(
+        (*first, first.attempt()),
+        (1, 2),
+        "the oldest item comes first, its return counted"
+    );
+    first.ack().await.unwrap();
+    assert_eq!(target.command(&["EXISTS", &lane]).trim(), ":0");
+    assert_eq!(
+        target
+            .command(&["ZSCORE", &format!("{base}:gs"), "gone:0"])
+            .trim(),
+        "$-1",
+        "the lapsed lane is forgotten"
+    );
 }
