@@ -154,8 +154,9 @@ pub(crate) async fn get(
         bus.check_open()?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         // A lane is registered for `get_visibility` and renewed at half of it,
-        // at its next pipeline: a pop must not block longer than that.
-        let wait = remaining.min(bus.config.get_visibility / 2);
+        // at its next pipeline: a pop blocking at most a quarter of it ends
+        // with a quarter to spare, whatever the clocks' error.
+        let wait = remaining.min(bus.config.get_visibility / 4);
         let outcome = match bus.queues.lanes.check_out(bus, &base).await {
             Ok(lane) => take_on(bus, &base, lane, wait).await,
             Err(err) => Err(err),
