@@ -323,6 +323,49 @@ pub async fn timed_out_get_never_swallows_an_item(h: Harness) {
     assert_eq!(ok("len", c.len().await), 0);
 }
 
+/// A consumer that gets part of a backlog in a quick loop, then stops asking,
+/// does not sit on the rest: another consumer gets every one of them long
+/// before any visibility timeout, and the first one's `len` counts
+/// them as waiting (a transport may take items ahead, but gives back what
+/// nobody asks for).
+pub async fn unasked_items_reach_another_consumer(h: Harness) {
+    const N: u32 = 300;
+    const FIRST: u32 = 100;
+    let name = h.name("unasked");
+    let producer = h.bus().await;
+    let Some(q) = queue_on::<u32>(&producer, &name).await else {
+        return;
+    };
+    let quick_bus = h.bus().await;
+    let quick = ok("queue", quick_bus.queue::<u32>(&name));
+    let other = ok("queue", h.bus().await.queue::<u32>(&name));
+    for round in 0..2 {
+        let base = round * N;
+        for n in base..base + N {
+            ok("put", q.put(&n).await);
+        }
+        for want in base..base + FIRST {
+            assert_eq!(take("a backlog item", &quick).await, want);
+        }
+        // The quick consumer stays open and asks for nothing more.
+        if round == 1 {
+            assert_eq!(
+                ok("len", quick.len().await),
+                (N - FIRST) as usize,
+                "len counts the items a consumer has not been handed"
+            );
+        }
+        // Given back items go to the head of the queue, so another consumer
+        // may meet newer ones first: the set is what counts.
+        let mut got = HashSet::new();
+        for _ in FIRST..N {
+            got.insert(take("an item the first consumer did not ask for", &other).await);
+        }
+        assert_eq!(got, (base + FIRST..base + N).collect::<HashSet<_>>());
+    }
+    drop(quick_bus);
+}
+
 /// `len` counts the items waiting, and goes down as they are taken.
 pub async fn len_counts_waiting_items(h: Harness) {
     let bus = h.bus().await;
@@ -419,6 +462,28 @@ pub async fn nack_redelivers_with_attempt_two(h: Harness) {
     );
     assert!(second.is_redelivery());
     ok("ack", second.ack().await);
+}
+
+/// An item that came back (nacked twice) is taken by `get` like any other,
+/// whatever a transport stores with it to count its attempts.
+pub async fn an_item_that_came_back_is_got_like_any_other(h: Harness) {
+    let name = h.name("back.get");
+    let bus = h.bus().await;
+    let Some(q) = acked_queue_on::<Point>(&bus, &name).await else {
+        return;
+    };
+    ok("put", q.put(&Point { x: 2, y: 3 }).await);
+    for attempt in 1..=2 {
+        let delivery = ok("receive", within("receive", q.receive(WAIT)).await).expect("the item");
+        assert_eq!(delivery.attempt(), attempt);
+        ok("nack", delivery.nack().await);
+    }
+    let other = ok("queue", h.bus().await.queue::<Point>(&name));
+    assert_eq!(
+        take("the item that came back", &other).await,
+        Point { x: 2, y: 3 }
+    );
+    assert_eq!(ok("len", other.len().await), 0);
 }
 
 /// Dropping a delivery unacknowledged puts the item back at once (well before

@@ -18,17 +18,28 @@
 //! loop costs Redis two native commands in one round trip per item, like a
 //! bare `BRPOP`. An idle lane is settled after a millisecond.
 //!
+//! A bus whose gets of a queue follow each other quickly takes ahead: the
+//! pipeline adds `LMOVE`s behind the pop, as many as its gets would use up in
+//! half of [`LINGER`] (at most `get_batch`), and the next gets hand those
+//! items out with no round trip, so a consumer draining a backlog pays one
+//! round trip per batch. A first get, or a bus whose gets are slow, takes one.
+//! Items taken ahead are in the lane's list like any other; those no get asks
+//! for within [`LINGER`] go back to the head of the queue, in order and their
+//! attempts not counted, so a bus that slows down or stops does not sit on
+//! items another consumer could take. `len` puts back the bus's own first.
+//!
 //! Nothing is lost: an item leaves the list only once its reply was read.
 //! When a lane fails mid-pipeline (connection lost, no answer), what its list
 //! holds is unknown, so the whole list goes back to the queue
-//! ([`CLOSE_LANE_LUA`] through the writer, which waits out an outage): at
-//! worst an item handed out comes again. A lane is registered in `:gs` for
+//! ([`CLOSE_LANE_LUA`], from a task that retries through an outage until Redis
+//! confirms): at worst an item handed out comes again. A lane is registered in `:gs` for
 //! `get_visibility` before it can hold an item and renewed at half of that;
 //! one whose bus is gone lapses, and the reaper (any bus getting from the
 //! queue, or `len`) returns its list, counting the return.
 
+use super::element::Element;
 use super::scripts::{CLOSE_LANE_LUA, REGISTER_LANE_LUA};
-use super::{job, Waiting};
+use super::Waiting;
 use crate::connection::{transport_error, Blocking};
 use crate::pubsub::decode;
 use crate::Shared;
@@ -49,6 +60,9 @@ const SETTLE_DELAY: Duration = Duration::from_millis(1);
 /// Idle lanes kept per queue; more are closed when given back.
 const MAX_IDLE: usize = 8;
 
+/// How long an item taken ahead waits for a `get` before it goes back.
+pub(super) const LINGER: Duration = Duration::from_millis(5);
+
 /// A connection and processing list that one `get` at a time takes through.
 pub(super) struct Lane {
     blocking: Blocking,
@@ -61,6 +75,10 @@ pub(super) struct Lane {
     settled: usize,
     /// Elements whose caller left, oldest first: pushed back before the trim.
     returns: Vec<Bytes>,
+    /// Elements taken ahead, oldest first, and when they were taken: next in
+    /// the list after the settled ones.
+    ahead: std::collections::VecDeque<Bytes>,
+    ahead_since: Option<Instant>,
     /// Until when (client clock) the lane is surely registered.
     registered_until: Option<Instant>,
 }
@@ -76,8 +94,62 @@ pub(super) struct Lanes {
 struct State {
     /// Idle lanes per queue (base key).
     idle: HashMap<String, Vec<Lane>>,
+    /// Per queue: how this bus's gets come, and what its last take found.
+    pace: HashMap<String, Pace>,
     /// Whether a task settling idle lanes runs.
     settler: bool,
+}
+
+/// How a bus's gets of one queue come, and what its last take found.
+#[derive(Default)]
+struct Pace {
+    /// The time from one get's end to the next one's start, smoothed.
+    gap: Option<Duration>,
+    /// When the last get ended.
+    end: Option<Instant>,
+    /// Items the last take asked for, and got.
+    asked: usize,
+    got: usize,
+}
+
+impl Pace {
+    /// How many items the next take asks for: what the gets use up in half of
+    /// [`LINGER`], and no more than the queue seems to hold (twice what the
+    /// last take got when it got all it asked for, else what it got), so a
+    /// bus that keeps up with its producers does not ask Redis for items that
+    /// are not there.
+    fn want(&self, max: usize) -> usize {
+        let supply = if self.got >= self.asked {
+            self.asked.saturating_mul(2)
+        } else {
+            self.got
+        };
+        batch(self.gap, max).min(supply.max(1))
+    }
+}
+
+impl Lane {
+    /// Whether the lane has something to send: settlements, or items taken
+    /// ahead (which go back after [`LINGER`]).
+    fn pending(&self) -> bool {
+        self.settled > 0 || !self.ahead.is_empty()
+    }
+
+    /// Puts the items taken ahead with the returns (settled: they are pushed
+    /// back, then trimmed).
+    fn give_up_ahead(&mut self) {
+        self.settled += self.ahead.len();
+        self.returns.extend(self.ahead.drain(..));
+        self.ahead_since = None;
+    }
+}
+
+/// What a `get` does first.
+enum Next {
+    /// Hands out an item taken ahead.
+    Ready(Bytes),
+    /// Takes this many items at most.
+    Take(usize),
 }
 
 impl Lanes {
@@ -87,7 +159,13 @@ impl Lanes {
 
     /// An idle lane of `base`, or a new one.
     async fn check_out(&self, bus: &Shared, base: &str) -> Result<Lane> {
-        if let Some(lane) = self.lock().idle.get_mut(base).and_then(Vec::pop) {
+        // Not one holding items taken ahead: what it takes would sit in its
+        // list beyond them, and trimming by count would cut the wrong ones.
+        let idle = self.lock().idle.get_mut(base).and_then(|lanes| {
+            let free = lanes.iter().rposition(|lane| lane.ahead.is_empty())?;
+            Some(lanes.swap_remove(free))
+        });
+        if let Some(lane) = idle {
             return Ok(lane);
         }
         let blocking = bus.pool.take(base).await?;
@@ -98,13 +176,70 @@ impl Lanes {
             name,
             settled: 0,
             returns: Vec::new(),
+            ahead: Default::default(),
+            ahead_since: None,
             registered_until: None,
         })
     }
 
-    /// Gives back a healthy lane; makes sure what it settled is trimmed soon.
+    /// A `get` of `base` starts: an item taken ahead (settled on its lane at
+    /// once), or how many to take.
+    fn start(&self, base: &str, max: usize) -> Next {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let want = match state.pace.get_mut(base) {
+            Some(pace) => {
+                if let Some(end) = pace.end {
+                    let gap = now.saturating_duration_since(end);
+                    pace.gap = Some(pace.gap.map_or(gap, |pace| (pace * 3 + gap) / 4));
+                }
+                pace.want(max)
+            }
+            None => 1,
+        };
+        if let Some(lane) = state
+            .idle
+            .get_mut(base)
+            .and_then(|lanes| lanes.iter_mut().find(|lane| !lane.ahead.is_empty()))
+        {
+            if let Some(element) = lane.ahead.pop_front() {
+                lane.settled += 1;
+                if lane.ahead.is_empty() {
+                    lane.ahead_since = None;
+                }
+                return Next::Ready(element);
+            }
+        }
+        Next::Take(want)
+    }
+
+    /// A `get` of `base` ended.
+    fn end(&self, base: &str) {
+        let now = Some(Instant::now());
+        let mut state = self.lock();
+        match state.pace.get_mut(base) {
+            Some(pace) => pace.end = now,
+            None => {
+                let pace = Pace {
+                    end: now,
+                    ..Pace::default()
+                };
+                state.pace.insert(base.to_owned(), pace);
+            }
+        }
+    }
+
+    /// A take of `base` asked for `asked` items and got `got`.
+    fn took(&self, base: &str, asked: usize, got: usize) {
+        if let Some(pace) = self.lock().pace.get_mut(base) {
+            (pace.asked, pace.got) = (asked, got);
+        }
+    }
+
+    /// Gives back a healthy lane; makes sure what it settled is trimmed, and
+    /// what it took ahead handed out or put back, soon.
     fn give_back(&self, bus: &Arc<Shared>, base: &str, lane: Lane) {
-        let pending = lane.settled > 0;
+        let pending = lane.pending();
         let mut state = self.lock();
         let idle = state.idle.entry(base.to_owned()).or_default();
         if idle.len() >= MAX_IDLE {
@@ -118,26 +253,59 @@ impl Lanes {
         }
     }
 
-    /// Takes the idle lanes that have something to settle (all idle lanes with
-    /// `all`); `None` when none has, and the settler then stops.
-    fn pending(&self, all: bool) -> Option<Vec<(String, Lane)>> {
+    /// Takes the idle lanes that have something to settle, their items taken
+    /// ahead before `before` given up (all idle lanes, everything given up,
+    /// with `None`); `None` when no lane has anything pending, and the settler
+    /// then stops. Lanes whose items taken ahead are still fresh stay.
+    fn pending(&self, before: Option<Instant>) -> Option<Vec<(String, Lane)>> {
         let mut state = self.lock();
         let mut out = Vec::new();
+        let mut waiting = false;
         for (base, lanes) in state.idle.iter_mut() {
             let mut i = 0;
             while i < lanes.len() {
-                if all || lanes[i].settled > 0 {
+                let lane = &mut lanes[i];
+                let stale = match (before, lane.ahead_since) {
+                    (None, _) => true,
+                    (Some(before), Some(since)) => since <= before,
+                    (Some(_), None) => false,
+                };
+                if stale {
+                    lane.give_up_ahead();
+                }
+                if before.is_none() || (lane.settled > 0 && lane.ahead.is_empty()) {
                     out.push((base.clone(), lanes.swap_remove(i)));
                 } else {
+                    waiting |= lane.pending();
                     i += 1;
                 }
             }
         }
-        if out.is_empty() && !all {
+        if out.is_empty() && !waiting && before.is_some() {
             state.settler = false;
             return None;
         }
         Some(out)
+    }
+
+    /// Takes the idle lanes of `base` holding items taken ahead, those given up.
+    fn ahead_of(&self, base: &str) -> Vec<Lane> {
+        let mut state = self.lock();
+        let Some(lanes) = state.idle.get_mut(base) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < lanes.len() {
+            if lanes[i].ahead.is_empty() {
+                i += 1;
+            } else {
+                let mut lane = lanes.swap_remove(i);
+                lane.give_up_ahead();
+                out.push(lane);
+            }
+        }
+        out
     }
 }
 
@@ -148,8 +316,17 @@ pub(crate) async fn get(
     timeout: Duration,
 ) -> Result<Option<Envelope>> {
     let base = super::base_key(&bus.config.namespace, queue.as_str());
+    let got = get_from(bus, &base, timeout).await;
+    bus.queues.lanes.end(&base);
+    got
+}
+
+/// [`get`] of the queue at `base`.
+async fn get_from(bus: &Arc<Shared>, base: &str, timeout: Duration) -> Result<Option<Envelope>> {
     let deadline = Instant::now() + timeout;
-    let _waiting = Waiting::enter(bus, &base);
+    let _waiting = Waiting::enter(bus, base);
+    let base = base.to_owned();
+    let mut want = None;
     loop {
         bus.check_open()?;
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -157,12 +334,22 @@ pub(crate) async fn get(
         // at its next pipeline: a pop blocking at most a quarter of it ends
         // with a quarter to spare, whatever the clocks' error.
         let wait = remaining.min(bus.config.get_visibility / 4);
+        let want = match want {
+            Some(want) => want,
+            None => match bus.queues.lanes.start(&base, bus.config.get_batch) {
+                Next::Ready(element) => match decode_element(bus, element) {
+                    Some(envelope) => return Ok(Some(envelope)),
+                    None => continue,
+                },
+                Next::Take(n) => *want.insert(n),
+            },
+        };
         let outcome = match bus.queues.lanes.check_out(bus, &base).await {
-            Ok(lane) => take_on(bus, &base, lane, wait).await,
+            Ok(lane) => take_on(bus, &base, lane, wait, want).await,
             Err(err) => Err(err),
         };
         match outcome {
-            Ok(Some(element)) => match decode(&element, bus.config.max_envelope, &bus.stats) {
+            Ok(Some(element)) => match decode_element(bus, element) {
                 Some(envelope) => return Ok(Some(envelope)),
                 // Malformed (counted and logged): settled like any other, so dropped.
                 None => continue,
@@ -189,13 +376,25 @@ type Reply = (Lane, redis::RedisResult<Vec<Value>>);
 /// A lane's pipeline in progress, owning the lane.
 type Pending = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
+/// The envelope in a queue element (one that came back carries its count in
+/// front: see [`Element`]); `None` (counted and logged) when malformed.
+fn decode_element(bus: &Shared, element: Bytes) -> Option<Envelope> {
+    let element = Element::parse(element);
+    decode(&element.envelope, bus.config.max_envelope, &bus.stats)
+}
+
+/// The most items one lane pipeline takes.
+const MAX_BATCH: usize = 256;
+
 /// Runs one pipeline on `lane`: settles, then pops with the server-side
-/// timeout. The element taken (now settled on the lane) or `None`.
+/// timeout, and takes up to `want - 1` more ahead when there are. The element
+/// taken (now settled on the lane) or `None`.
 async fn take_on(
     bus: &Arc<Shared>,
     base: &str,
     mut lane: Lane,
     timeout: Duration,
+    want: usize,
 ) -> Result<Option<Bytes>> {
     let mut pipe = settle_pipeline(bus, base, &mut lane);
     pipe.cmd("BLMOVE")
@@ -204,6 +403,16 @@ async fn take_on(
         .arg("RIGHT")
         .arg("LEFT")
         .arg(format!("{:.3}", timeout.as_secs_f64().max(0.001)));
+    // Run once the pop returns, on the same connection: they find the queue as
+    // the pop left it.
+    let want = want.clamp(1, MAX_BATCH);
+    for _ in 1..want {
+        pipe.cmd("LMOVE")
+            .arg(base)
+            .arg(&lane.list)
+            .arg("RIGHT")
+            .arg("LEFT");
+    }
     let client_id = lane.blocking.client_id;
     let pending: Pending = Box::pin(async move {
         let reply = pipe
@@ -251,7 +460,7 @@ async fn take_on(
         return Err(Error::transport("redis did not end a blocking pop in time"));
     };
     let closing = *bus.closing.borrow();
-    let popped = finish(bus, base, lane, reply, unblocking, closing)?;
+    let popped = finish(bus, base, lane, reply, want, unblocking, closing)?;
     if closing {
         return Err(Error::Closed);
     }
@@ -313,32 +522,32 @@ fn finish(
     base: &str,
     mut lane: Lane,
     reply: redis::RedisResult<Vec<Value>>,
+    asked: usize,
     unblocked: bool,
     closing: bool,
 ) -> Result<Option<Bytes>> {
-    let popped = match reply {
-        Ok(mut values) => match values.pop() {
-            Some(Value::BulkString(element)) => Some(Bytes::from(element)),
-            Some(Value::Nil) | None => None,
-            Some(other) => {
-                close_later(bus, base, lane);
-                return Err(Error::transport(format!(
-                    "unexpected reply to a queue pop: {other:?}"
-                )));
-            }
-        },
+    let elements = match reply.map_err(transport_error).and_then(elements) {
+        Ok(elements) => elements,
         Err(err) => {
             close_later(bus, base, lane);
-            return Err(transport_error(err));
+            return Err(err);
         }
     };
+    bus.queues.lanes.took(base, asked, elements.len());
+    let mut elements = elements.into_iter();
+    let popped = elements.next();
     if popped.is_some() {
         lane.settled += 1;
+    }
+    lane.ahead.extend(elements);
+    if !lane.ahead.is_empty() {
+        lane.ahead_since = Some(Instant::now());
     }
     let popped = match popped {
         // Back at close, with the lane's other settlements, in one script.
         Some(element) if closing => {
             lane.returns.push(element);
+            lane.give_up_ahead();
             None
         }
         popped => popped,
@@ -351,6 +560,34 @@ fn finish(
         bus.queues.lanes.give_back(bus, base, lane);
     }
     Ok(popped)
+}
+
+/// The elements a lane pipeline's pops brought, oldest first (the replies of
+/// the pipeline's settling commands are ignored).
+fn elements(values: Vec<Value>) -> Result<Vec<Bytes>> {
+    let mut elements = Vec::with_capacity(values.len());
+    for value in values {
+        match value {
+            Value::BulkString(element) => elements.push(Bytes::from(element)),
+            Value::Nil => {}
+            other => {
+                return Err(Error::transport(format!(
+                    "unexpected reply to a queue pop: {other:?}"
+                )))
+            }
+        }
+    }
+    Ok(elements)
+}
+
+/// How many items to take for a bus whose gets come `pace` apart: as many as
+/// it uses up in half of [`LINGER`], between 1 and `max`.
+fn batch(pace: Option<Duration>, max: usize) -> usize {
+    let Some(pace) = pace else {
+        return 1;
+    };
+    let fits = (LINGER / 2).as_nanos() / pace.as_nanos().max(1);
+    fits.clamp(1, max.clamp(1, MAX_BATCH) as u128) as usize
 }
 
 /// A lane pipeline whose caller left before its reply: a task reads the reply
@@ -391,31 +628,52 @@ impl Drop for Abandoned<'_> {
                     }
                 }
             };
-            match reply {
-                Ok(mut values) => {
-                    if let Some(Value::BulkString(element)) = values.pop() {
-                        lane.settled += 1;
-                        lane.returns.push(element.into());
-                    }
-                    // Unblocked: not reused; closing pushes back and trims.
-                    close_later(&bus, &base, lane);
-                }
-                Err(_) => close_later(&bus, &base, lane),
+            if let Ok(elements) = reply.map_err(transport_error).and_then(elements) {
+                lane.settled += elements.len();
+                lane.returns.extend(elements);
             }
+            // Unblocked: not reused; closing pushes back what it brought and
+            // trims (a failed lane's whole list comes back).
+            close_later(&bus, &base, lane);
         });
     }
 }
 
-/// Closes a lane through the writer (which waits out an outage): pushes back
-/// its returns, trims what it settled, returns the rest and forgets it.
-/// A failed lane's counts mean nothing, so its whole list comes back.
-fn close_later(bus: &Shared, base: &str, lane: Lane) {
+/// Closes a lane in a task of its own: pushes back its returns, trims what it
+/// settled, returns the rest and forgets it, retrying through an outage until
+/// Redis confirms (a write lost with a connection would leave the lane's items
+/// to wait for its registration to lapse). A failed lane's counts mean
+/// nothing, so its whole list comes back.
+fn close_later(bus: &Arc<Shared>, base: &str, mut lane: Lane) {
+    lane.give_up_ahead();
     let cmd = close_command(base, &lane);
-    if !bus.writer.send_now(job(base, [cmd])) {
-        tracing::warn!(
-            "could not close a queue lane; its items come back when its registration lapses"
-        );
-    }
+    let (bus, base) = (bus.clone(), base.to_owned());
+    tokio::spawn(async move {
+        // Shutdown waits for this (a bounded time), and the reaper keeps
+        // visiting the queue meanwhile.
+        let _waiting = Waiting::enter(&bus, &base);
+        let mut pause = bus.config.reconnect_min;
+        loop {
+            let closed = match bus.link.get(bus.config.outage_wait).await {
+                Ok(conn) => {
+                    let mut c = conn.conn.clone();
+                    let result = cmd.query_async::<Value>(&mut c).await;
+                    conn.check(result).map(drop)
+                }
+                Err(err) => Err(err),
+            };
+            match closed {
+                Ok(()) => return,
+                Err(err) if *bus.closing.borrow() || matches!(err, Error::Closed) => {
+                    tracing::warn!(%err, "could not close a queue lane; its items come back when its registration lapses");
+                    return;
+                }
+                Err(err) => tracing::debug!(%err, "closing a queue lane failed; retrying"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(bus.config.reconnect_max);
+        }
+    });
 }
 
 /// The `EVAL` closing `lane` (see [`CLOSE_LANE_LUA`]).
@@ -447,7 +705,7 @@ async fn settle_idle(bus: Arc<Shared>, base: String) {
                 return;
             }
         }
-        let Some(pending) = bus.queues.lanes.pending(false) else {
+        let Some(pending) = bus.queues.lanes.pending(Some(Instant::now() - LINGER)) else {
             return;
         };
         for (base, mut lane) in pending {
@@ -469,10 +727,11 @@ async fn settle_idle(bus: Arc<Shared>, base: String) {
 /// At shutdown: closes every idle lane, waiting for Redis (lanes still in use
 /// then are left to lapse).
 pub(crate) async fn close_all(bus: &Shared) {
-    let Some(lanes) = bus.queues.lanes.pending(true) else {
+    let Some(lanes) = bus.queues.lanes.pending(None) else {
         return;
     };
     for (base, mut lane) in lanes {
+        lane.give_up_ahead();
         let cmd = close_command(&base, &lane);
         let closed = tokio::time::timeout(
             bus.config.response_timeout,
@@ -482,5 +741,55 @@ pub(crate) async fn close_all(bus: &Shared) {
         if !matches!(closed, Ok(Ok(_))) {
             tracing::warn!("shutdown: could not close a queue lane; its items come back when its registration lapses");
         }
+    }
+}
+
+/// Before `len` counts: puts back what this bus took ahead from `base`,
+/// waiting for Redis.
+pub(crate) async fn put_back_ahead(bus: &Arc<Shared>, base: &str) {
+    for mut lane in bus.queues.lanes.ahead_of(base) {
+        let pipe = settle_pipeline(bus, base, &mut lane);
+        let reply = tokio::time::timeout(
+            bus.config.response_timeout,
+            pipe.query_async::<Value>(&mut lane.blocking.conn),
+        )
+        .await;
+        match reply {
+            Ok(Ok(_)) => bus.queues.lanes.give_back(bus, base, lane),
+            _ => close_later(bus, base, lane),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{batch, LINGER};
+    use std::time::Duration;
+
+    #[test]
+    fn a_bus_with_no_pace_yet_takes_one() {
+        assert_eq!(batch(None, 64), 1);
+    }
+
+    #[test]
+    fn a_quick_bus_takes_up_to_the_limit() {
+        assert_eq!(batch(Some(Duration::from_nanos(10)), 64), 64);
+        assert_eq!(
+            batch(Some(Duration::ZERO), 1_000),
+            256,
+            "never past MAX_BATCH"
+        );
+        assert_eq!(
+            batch(Some(Duration::ZERO), 0),
+            1,
+            "a limit of 0 still takes one"
+        );
+    }
+
+    #[test]
+    fn a_bus_takes_what_it_uses_in_half_the_linger() {
+        assert_eq!(batch(Some(LINGER / 10), 64), 5);
+        assert_eq!(batch(Some(LINGER), 64), 1);
+        assert_eq!(batch(Some(Duration::from_secs(1)), 64), 1);
     }
 }

@@ -95,9 +95,11 @@ pub(crate) async fn put(bus: &Shared, item: Envelope) -> Result<()> {
     conn.check(result)
 }
 
-/// Items waiting (reaping expired in-flight items first, so they count).
-pub(crate) async fn len(bus: &Shared, queue: &Name) -> Result<usize> {
+/// Items waiting (reaping expired in-flight items first, so they count, and
+/// putting back what this bus took ahead).
+pub(crate) async fn len(bus: &Arc<Shared>, queue: &Name) -> Result<usize> {
     let base = base_key(&bus.config.namespace, queue.as_str());
+    lane::put_back_ahead(bus, &base).await;
     run_reap(bus, &base).await
 }
 
