@@ -11,9 +11,10 @@
 //! - **Events** are `PUBLISH`ed on `{<namespace>:e}:<topic>` by one ordered writer
 //!   that pipelines concurrent publishes; wildcard subscriptions `PSUBSCRIBE` a
 //!   coarser glob and filter exactly on the client ([`pubsub`]).
-//! - **Queues** are lists with an in-flight table and a visibility timeout; a take
-//!   moves the item into the in-flight table on the server before the reply
-//!   leaves, so no item is ever lost, only redelivered ([`queue`]).
+//! - **Queues** are lists; `get` moves an item into a processing list of its
+//!   lane, `receive` into an in-flight table with a visibility timeout, on the
+//!   server before the reply leaves, so no item is ever lost, only redelivered
+//!   ([`queue`]).
 //! - **RPC** pushes a request onto a per-method list popped by one provider, and
 //!   `call_all` publishes to every provider, counting the receivers ([`rpc`]).
 //! - A lost connection is restored with backoff, and every subscription, queue
@@ -31,6 +32,7 @@
 //! | `publish_buffer` | `65536` | publishes buffered while disconnected |
 //! | `outage_wait_ms` | `10000` | how long an operation waits for a reconnect |
 //! | `reap_interval_ms` | `100` | how often waiting consumers look for expired items |
+//! | `get_batch` | `64` | most items one round trip takes for a bus whose gets come quickly (`1`: one per get) |
 //! | `tls_ca` | system roots | `rediss://`: PEM file of the CA to trust |
 //! | `tls_cert`, `tls_key` | none | `rediss://`: client certificate and key (PEM files) |
 //!
@@ -41,7 +43,9 @@
 //! - Events: at most once (Redis pub/sub keeps nothing for a disconnected
 //!   subscriber); in order per publisher; live when `subscribe` returns.
 //! - Queue items: at least once; an item stays until acknowledged, for as long as
-//!   Redis keeps data (its persistence settings).
+//!   Redis keeps data (its persistence settings). FIFO for one consumer; items a
+//!   bus took ahead and gave back, like nacked ones, go back to the head of the
+//!   queue, so competing consumers may meet newer items first.
 //! - RPC: each call reaches at most one provider; `NoResponders` after one round
 //!   trip when nobody serves the method.
 //!
