@@ -1,21 +1,23 @@
 //! `get` without a script: each waiting `get` of a bus runs on a lane, a
-//! connection of its own with a processing list of its own, and takes with
-//! `BLMOVE` from the queue into that list, the one native command Redis needs
-//! to hand an item out without ever holding it only in a reply.
+//! processing list of its own, and takes with `BLMOVE` from the queue into
+//! that list (on a pooled connection for blocking pops), the one native
+//! command Redis needs to hand an item out without ever holding it only in a
+//! reply.
 //!
 //! Keys of lane `<uid>:<n>` (bus `uid`, lane `n`) on queue `ns:q:{jobs}`:
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `ns:q:{jobs}:g:<uid>:<n>` | list | the item being handed out (newest left) |
+//! | `ns:q:{jobs}:g:<uid>:<n>` | list | the items being handed out (newest left) |
 //! | `ns:q:{jobs}:gs` | zset | lane name → until when it is registered (ms, Redis clock) |
 //!
-//! A lane's commands go one pipeline at a time on its connection, so when a
-//! reply has been read, the list holds exactly the items that reply and the
-//! earlier ones brought, oldest right. Each pipeline first settles what the
-//! lane handed out before by count (`LTRIM`), after pushing back to the head of
-//! the queue any item whose caller left, then pops: a consumer getting in a
-//! loop costs Redis two native commands in one round trip per item, like a
+//! A lane's pipelines run one at a time, each read to its end before the
+//! next is sent (on whichever connection), so when a reply has been read, the
+//! list holds exactly the items that reply and the earlier ones brought,
+//! oldest right. Each pipeline first settles what the lane handed out before
+//! by count (`LTRIM`), after pushing back to the head of the queue any item
+//! whose caller left, then pops: a consumer getting in a loop costs Redis two
+//! native commands in one round trip per item, like a
 //! bare `BRPOP`. An idle lane is settled after a millisecond.
 //!
 //! A bus whose gets of a queue follow each other quickly takes ahead: the
@@ -63,9 +65,10 @@ const MAX_IDLE: usize = 8;
 /// How long an item taken ahead waits for a `get` before it goes back.
 pub(super) const LINGER: Duration = Duration::from_millis(5);
 
-/// A connection and processing list that one `get` at a time takes through.
+/// A processing list that one `get` at a time takes through. Its pipelines
+/// run one after the other, each on whatever connection is free: a pooled
+/// blocking one to take, the bus's shared one to settle or close.
 pub(super) struct Lane {
-    blocking: Blocking,
     /// `<uid>:<n>`, its member in `:gs`.
     name: String,
     /// `<base>:g:<name>`.
@@ -158,7 +161,7 @@ impl Lanes {
     }
 
     /// An idle lane of `base`, or a new one.
-    async fn check_out(&self, bus: &Shared, base: &str) -> Result<Lane> {
+    fn check_out(&self, bus: &Shared, base: &str) -> Lane {
         // Not one holding items taken ahead: what it takes would sit in its
         // list beyond them, and trimming by count would cut the wrong ones.
         let idle = self.lock().idle.get_mut(base).and_then(|lanes| {
@@ -166,12 +169,10 @@ impl Lanes {
             Some(lanes.swap_remove(free))
         });
         if let Some(lane) = idle {
-            return Ok(lane);
+            return lane;
         }
-        let blocking = bus.pool.take(base).await?;
         let name = format!("{}:{}", bus.uid, self.next.fetch_add(1, Ordering::Relaxed));
-        Ok(Lane {
-            blocking,
+        Lane {
             list: format!("{base}:g:{name}"),
             name,
             settled: 0,
@@ -179,7 +180,7 @@ impl Lanes {
             ahead: Default::default(),
             ahead_since: None,
             registered_until: None,
-        })
+        }
     }
 
     /// A `get` of `base` starts: an item taken ahead (settled on its lane at
@@ -344,8 +345,13 @@ async fn get_from(bus: &Arc<Shared>, base: &str, timeout: Duration) -> Result<Op
                 Next::Take(n) => *want.insert(n),
             },
         };
-        let outcome = match bus.queues.lanes.check_out(bus, &base).await {
-            Ok(lane) => take_on(bus, &base, lane, wait, want).await,
+        // The connection first: a lane, once checked out, is not left behind
+        // by a caller that gives up while a connection opens.
+        let outcome = match bus.pool.take(&base).await {
+            Ok(blocking) => {
+                let lane = bus.queues.lanes.check_out(bus, &base);
+                take_on(bus, &base, lane, blocking, wait, want).await
+            }
             Err(err) => Err(err),
         };
         match outcome {
@@ -370,8 +376,8 @@ async fn get_from(bus: &Arc<Shared>, base: &str, timeout: Duration) -> Result<Op
     }
 }
 
-/// What a lane's pipeline gives back with the lane.
-type Reply = (Lane, redis::RedisResult<Vec<Value>>);
+/// What a lane's pipeline gives back with the lane and its connection.
+type Reply = (Lane, Blocking, redis::RedisResult<Vec<Value>>);
 
 /// A lane's pipeline in progress, owning the lane.
 type Pending = Pin<Box<dyn Future<Output = Reply> + Send>>;
@@ -393,6 +399,7 @@ async fn take_on(
     bus: &Arc<Shared>,
     base: &str,
     mut lane: Lane,
+    mut blocking: Blocking,
     timeout: Duration,
     want: usize,
 ) -> Result<Option<Bytes>> {
@@ -413,12 +420,10 @@ async fn take_on(
             .arg("RIGHT")
             .arg("LEFT");
     }
-    let client_id = lane.blocking.client_id;
+    let client_id = blocking.client_id;
     let pending: Pending = Box::pin(async move {
-        let reply = pipe
-            .query_async::<Vec<Value>>(&mut lane.blocking.conn)
-            .await;
-        (lane, reply)
+        let reply = pipe.query_async::<Vec<Value>>(&mut blocking.conn).await;
+        (lane, blocking, reply)
     });
     let mut abandoned = Abandoned {
         bus,
@@ -453,12 +458,17 @@ async fn take_on(
         }
     };
     let pending = abandoned.pending.take();
-    let Some((lane, reply)) = reply else {
+    let Some((lane, blocking, reply)) = reply else {
         // No answer in time: the lane is dropped with its connection, its
         // state unknown; its registration lapses and the reaper returns its list.
         drop(pending);
         return Err(Error::transport("redis did not end a blocking pop in time"));
     };
+    // An unblock may still be on its way: it must not end the next pop on
+    // this connection, so the connection is not reused.
+    if reply.is_ok() && !unblocking {
+        bus.pool.give_back(blocking);
+    }
     let closing = *bus.closing.borrow();
     let popped = finish(bus, base, lane, reply, want, unblocking, closing)?;
     if closing {
@@ -616,7 +626,7 @@ impl Drop for Abandoned<'_> {
             tokio::pin!(grace);
             let retry = tokio::time::sleep(Duration::ZERO);
             tokio::pin!(retry);
-            let (mut lane, reply) = loop {
+            let (mut lane, _unblocked, reply) = loop {
                 tokio::select! {
                     reply = &mut pending => break reply,
                     () = &mut grace => return,
@@ -708,18 +718,8 @@ async fn settle_idle(bus: Arc<Shared>, base: String) {
         let Some(pending) = bus.queues.lanes.pending(Some(Instant::now() - LINGER)) else {
             return;
         };
-        for (base, mut lane) in pending {
-            let pipe = settle_pipeline(&bus, &base, &mut lane);
-            let reply = tokio::time::timeout(
-                bus.config.response_timeout,
-                pipe.query_async::<Value>(&mut lane.blocking.conn),
-            )
-            .await;
-            match reply {
-                Ok(Ok(_)) => bus.queues.lanes.give_back(&bus, &base, lane),
-                // The trim may or may not have run: the lane's list goes back.
-                _ => close_later(&bus, &base, lane),
-            }
+        for (base, lane) in pending {
+            settle_now(&bus, &base, lane).await;
         }
     }
 }
@@ -733,12 +733,16 @@ pub(crate) async fn close_all(bus: &Shared) {
     for (base, mut lane) in lanes {
         lane.give_up_ahead();
         let cmd = close_command(&base, &lane);
-        let closed = tokio::time::timeout(
-            bus.config.response_timeout,
-            cmd.query_async::<Value>(&mut lane.blocking.conn),
-        )
-        .await;
-        if !matches!(closed, Ok(Ok(_))) {
+        // Shutdown does not wait out a whole outage per lane.
+        let closed = match bus.link.get(bus.config.response_timeout).await {
+            Ok(conn) => {
+                let mut c = conn.conn.clone();
+                let result = cmd.query_async::<Value>(&mut c).await;
+                conn.check(result).map(drop)
+            }
+            Err(err) => Err(err),
+        };
+        if closed.is_err() {
             tracing::warn!("shutdown: could not close a queue lane; its items come back when its registration lapses");
         }
     }
@@ -747,17 +751,27 @@ pub(crate) async fn close_all(bus: &Shared) {
 /// Before `len` counts: puts back what this bus took ahead from `base`,
 /// waiting for Redis.
 pub(crate) async fn put_back_ahead(bus: &Arc<Shared>, base: &str) {
-    for mut lane in bus.queues.lanes.ahead_of(base) {
-        let pipe = settle_pipeline(bus, base, &mut lane);
-        let reply = tokio::time::timeout(
-            bus.config.response_timeout,
-            pipe.query_async::<Value>(&mut lane.blocking.conn),
-        )
-        .await;
-        match reply {
-            Ok(Ok(_)) => bus.queues.lanes.give_back(bus, base, lane),
-            _ => close_later(bus, base, lane),
+    for lane in bus.queues.lanes.ahead_of(base) {
+        settle_now(bus, base, lane).await;
+    }
+}
+
+/// Sends an idle lane's settlements on the shared connection and gives the
+/// lane back; should that fail, the trim may or may not have run, so the
+/// lane's list goes back instead.
+async fn settle_now(bus: &Arc<Shared>, base: &str, mut lane: Lane) {
+    let pipe = settle_pipeline(bus, base, &mut lane);
+    let settled = match bus.link.get(bus.config.outage_wait).await {
+        Ok(conn) => {
+            let mut c = conn.conn.clone();
+            let result = pipe.exec_async(&mut c).await;
+            conn.check(result)
         }
+        Err(err) => Err(err),
+    };
+    match settled {
+        Ok(()) => bus.queues.lanes.give_back(bus, base, lane),
+        Err(_) => close_later(bus, base, lane),
     }
 }
 
