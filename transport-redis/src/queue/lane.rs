@@ -84,6 +84,9 @@ pub(super) struct Lane {
     ahead_since: Option<Instant>,
     /// Until when (client clock) the lane is surely registered.
     registered_until: Option<Instant>,
+    /// Whether items it took ahead are among its returns (counted in
+    /// `returning` until they are back).
+    giving_back: bool,
 }
 
 /// A bus's lanes, per queue.
@@ -91,6 +94,8 @@ pub(super) struct Lane {
 pub(super) struct Lanes {
     state: Mutex<State>,
     next: AtomicU64,
+    /// Notified when items taken ahead are back in their queue.
+    returned: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -101,6 +106,10 @@ struct State {
     pace: HashMap<String, Pace>,
     /// Whether a task settling idle lanes runs.
     settler: bool,
+    /// Per queue: lanes whose items taken ahead are on their way back. A take
+    /// waits for them, or it could pop newer items before they are back at
+    /// the head, out of order for a single consumer.
+    returning: HashMap<String, usize>,
 }
 
 /// How a bus's gets of one queue come, and what its last take found.
@@ -141,6 +150,7 @@ impl Lane {
     /// Puts the items taken ahead with the returns (settled: they are pushed
     /// back, then trimmed).
     fn give_up_ahead(&mut self) {
+        self.giving_back |= !self.ahead.is_empty();
         self.settled += self.ahead.len();
         self.returns.extend(self.ahead.drain(..));
         self.ahead_since = None;
@@ -180,6 +190,7 @@ impl Lanes {
             ahead: Default::default(),
             ahead_since: None,
             registered_until: None,
+            giving_back: false,
         }
     }
 
@@ -262,7 +273,10 @@ impl Lanes {
         let mut state = self.lock();
         let mut out = Vec::new();
         let mut waiting = false;
-        for (base, lanes) in state.idle.iter_mut() {
+        let State {
+            idle, returning, ..
+        } = &mut *state;
+        for (base, lanes) in idle.iter_mut() {
             let mut i = 0;
             while i < lanes.len() {
                 let lane = &mut lanes[i];
@@ -271,8 +285,9 @@ impl Lanes {
                     (Some(before), Some(since)) => since <= before,
                     (Some(_), None) => false,
                 };
-                if stale {
+                if stale && !lane.ahead.is_empty() {
                     lane.give_up_ahead();
+                    *returning.entry(base.clone()).or_default() += 1;
                 }
                 if before.is_none() || (lane.settled > 0 && lane.ahead.is_empty()) {
                     out.push((base.clone(), lanes.swap_remove(i)));
@@ -306,7 +321,38 @@ impl Lanes {
                 out.push(lane);
             }
         }
+        if !out.is_empty() {
+            *state.returning.entry(base.to_owned()).or_default() += out.len();
+        }
         out
+    }
+
+    /// Items `lane` took ahead are back in queue `base` (or left to its close).
+    fn back(&self, base: &str, lane: &mut Lane) {
+        if !std::mem::take(&mut lane.giving_back) {
+            return;
+        }
+        if let Some(count) = self.lock().returning.get_mut(base) {
+            *count = count.saturating_sub(1);
+        }
+        self.returned.notify_waiters();
+    }
+
+    /// Waits (until `deadline` at most) for the items this bus took ahead from
+    /// `base` and gave up to be back at the head of the queue.
+    async fn wait_returned(&self, base: &str, deadline: Instant) {
+        let returning = |lanes: &Self| lanes.lock().returning.get(base).is_some_and(|n| *n > 0);
+        while returning(self) {
+            let notified = self.returned.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !returning(self) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -347,6 +393,7 @@ async fn get_from(bus: &Arc<Shared>, base: &str, timeout: Duration) -> Result<Op
         };
         // The connection first: a lane, once checked out, is not left behind
         // by a caller that gives up while a connection opens.
+        bus.queues.lanes.wait_returned(&base, deadline).await;
         let outcome = match bus.pool.take(&base).await {
             Ok(blocking) => {
                 let lane = bus.queues.lanes.check_out(bus, &base);
@@ -656,7 +703,7 @@ impl Drop for Abandoned<'_> {
 /// nothing, so its whole list comes back.
 fn close_later(bus: &Arc<Shared>, base: &str, mut lane: Lane) {
     lane.give_up_ahead();
-    let cmd = close_command(base, &lane);
+    let close = close_pipeline(base, &lane);
     let (bus, base) = (bus.clone(), base.to_owned());
     tokio::spawn(async move {
         // Shutdown waits for this (a bounded time), and the reaper keeps
@@ -664,15 +711,7 @@ fn close_later(bus: &Arc<Shared>, base: &str, mut lane: Lane) {
         let _waiting = Waiting::enter(&bus, &base);
         let mut pause = bus.config.reconnect_min;
         loop {
-            let closed = match bus.link.get(bus.config.outage_wait).await {
-                Ok(conn) => {
-                    let mut c = conn.conn.clone();
-                    let result = cmd.query_async::<Value>(&mut c).await;
-                    conn.check(result).map(drop)
-                }
-                Err(err) => Err(err),
-            };
-            match closed {
+            match on_link(&bus, bus.config.outage_wait, &close).await {
                 Ok(()) => return,
                 Err(err) if *bus.closing.borrow() || matches!(err, Error::Closed) => {
                     tracing::warn!(%err, "could not close a queue lane; its items come back when its registration lapses");
@@ -686,8 +725,16 @@ fn close_later(bus: &Arc<Shared>, base: &str, mut lane: Lane) {
     });
 }
 
+/// Runs `pipe` on the bus's shared connection, waiting up to `wait` for one.
+async fn on_link(bus: &Shared, wait: Duration, pipe: &redis::Pipeline) -> Result<()> {
+    let conn = bus.link.get(wait).await?;
+    let mut c = conn.conn.clone();
+    let result = pipe.exec_async(&mut c).await;
+    conn.check(result)
+}
+
 /// The `EVAL` closing `lane` (see [`CLOSE_LANE_LUA`]).
-fn close_command(base: &str, lane: &Lane) -> redis::Cmd {
+fn close_pipeline(base: &str, lane: &Lane) -> redis::Pipeline {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(CLOSE_LANE_LUA.as_str())
         .arg(2)
@@ -698,7 +745,9 @@ fn close_command(base: &str, lane: &Lane) -> redis::Cmd {
     for element in &lane.returns {
         cmd.arg(&element[..]);
     }
-    cmd
+    let mut pipe = redis::pipe();
+    pipe.add_command(cmd);
+    pipe
 }
 
 /// Settles idle lanes whose next get did not come within [`SETTLE_DELAY`],
@@ -732,17 +781,12 @@ pub(crate) async fn close_all(bus: &Shared) {
     };
     for (base, mut lane) in lanes {
         lane.give_up_ahead();
-        let cmd = close_command(&base, &lane);
+        let close = close_pipeline(&base, &lane);
         // Shutdown does not wait out a whole outage per lane.
-        let closed = match bus.link.get(bus.config.response_timeout).await {
-            Ok(conn) => {
-                let mut c = conn.conn.clone();
-                let result = cmd.query_async::<Value>(&mut c).await;
-                conn.check(result).map(drop)
-            }
-            Err(err) => Err(err),
-        };
-        if closed.is_err() {
+        if on_link(bus, bus.config.response_timeout, &close)
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown: could not close a queue lane; its items come back when its registration lapses");
         }
     }
@@ -761,14 +805,8 @@ pub(crate) async fn put_back_ahead(bus: &Arc<Shared>, base: &str) {
 /// lane's list goes back instead.
 async fn settle_now(bus: &Arc<Shared>, base: &str, mut lane: Lane) {
     let pipe = settle_pipeline(bus, base, &mut lane);
-    let settled = match bus.link.get(bus.config.outage_wait).await {
-        Ok(conn) => {
-            let mut c = conn.conn.clone();
-            let result = pipe.exec_async(&mut c).await;
-            conn.check(result)
-        }
-        Err(err) => Err(err),
-    };
+    let settled = on_link(bus, bus.config.outage_wait, &pipe).await;
+    bus.queues.lanes.back(base, &mut lane);
     match settled {
         Ok(()) => bus.queues.lanes.give_back(bus, base, lane),
         Err(_) => close_later(bus, base, lane),
