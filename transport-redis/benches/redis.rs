@@ -3,7 +3,9 @@
 //!
 //! Run with: `CARGO_TARGET_DIR=/work/target-redis cargo bench -p busbar-redis --bench redis`
 //! (`BENCH_SCALE=0.2` for a quick pass; `BENCH_ONLY=queue` for the queue row
-//! alone, with its raw baseline). It starts its own redis-server on a free port;
+//! alone, with its raw baseline; `BENCH_ONLY=queue-allocs` counts that row's
+//! heap allocations per item, busbar's and raw's). It starts its own
+//! redis-server on a free port;
 //! set `BUSBAR_REDIS_URL` to use another server.
 //!
 //! - pub/sub: events received per second by one subscriber (on its own
@@ -29,6 +31,48 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use busbar_redis as _;
+
+/// Counts heap allocations while `COUNTING` is on (`BENCH_ONLY=queue-allocs`):
+/// allocations per item are what this 2-core machine's throughput turned out
+/// to track (contended allocator locks, measured with `perf`). Off, it costs
+/// one relaxed load per allocation.
+struct CountingAlloc;
+
+static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static ALLOCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if COUNTING.load(std::sync::atomic::Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        if COUNTING.load(std::sync::atomic::Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
+/// Allocations (and reallocations) per item while `run` runs.
+async fn allocs_per_item<F: std::future::Future<Output = Duration>>(n: u64, run: F) -> f64 {
+    ALLOCS.store(0, std::sync::atomic::Ordering::Relaxed);
+    COUNTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    run.await;
+    COUNTING.store(false, std::sync::atomic::Ordering::Relaxed);
+    ALLOCS.load(std::sync::atomic::Ordering::Relaxed) as f64 / n as f64
+}
 
 #[derive(Clone, Serialize, Deserialize)]
 struct Tick {
@@ -465,7 +509,7 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let setup = &setup;
-        // BENCH_ONLY=cluster|rpc1|rpc64|queue|queue-busbar|queue-raw|queue-split|probe runs one
+        // BENCH_ONLY=cluster|rpc1|rpc64|queue|queue-busbar|queue-raw|queue-split|queue-allocs|probe runs one
         // workload (for profiling); rpc1 and queue also run their raw baseline, for a
         // ratio from the same run.
         match std::env::var("BENCH_ONLY").as_deref() {
@@ -602,6 +646,13 @@ fn main() {
                 let items = count(200_000.0);
                 let r = best_rate(items, || busbar_queue(setup, items)).await;
                 println!("busbar {r:.0} items/s");
+                return;
+            }
+            Ok("queue-allocs") => {
+                let items = count(100_000.0);
+                let busbar = allocs_per_item(items, busbar_queue(setup, items)).await;
+                let raw = allocs_per_item(items, raw_queue(setup, items)).await;
+                println!("allocations per item: busbar {busbar:.1}, raw {raw:.1}");
                 return;
             }
             Ok("queue-raw") => {

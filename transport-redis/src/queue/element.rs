@@ -34,8 +34,11 @@ impl Element {
         let from = (start + 4).min(raw.len());
         let to = (start + 20).min(raw.len());
         id[..to - from].copy_from_slice(&raw[from..to]);
+        let mut envelope = raw;
+        // Advancing, unlike slicing, never copies or shares the buffer.
+        bytes::Buf::advance(&mut envelope, start);
         Element {
-            envelope: raw.slice(start..),
+            envelope,
             attempt: returns.saturating_add(1),
             id,
         }

@@ -253,7 +253,12 @@ impl Lanes {
     fn give_back(&self, bus: &Arc<Shared>, base: &str, lane: Lane) {
         let pending = lane.pending();
         let mut state = self.lock();
-        let idle = state.idle.entry(base.to_owned()).or_default();
+        if !state.idle.contains_key(base) {
+            state.idle.insert(base.to_owned(), Vec::new());
+        }
+        let Some(idle) = state.idle.get_mut(base) else {
+            unreachable!("inserted above")
+        };
         if idle.len() >= MAX_IDLE {
             drop(state);
             close_later(bus, base, lane);
@@ -372,7 +377,6 @@ pub(crate) async fn get(
 async fn get_from(bus: &Arc<Shared>, base: &str, timeout: Duration) -> Result<Option<Envelope>> {
     let deadline = Instant::now() + timeout;
     let _waiting = Waiting::enter(bus, base);
-    let base = base.to_owned();
     let mut want = None;
     loop {
         bus.check_open()?;
@@ -383,7 +387,7 @@ async fn get_from(bus: &Arc<Shared>, base: &str, timeout: Duration) -> Result<Op
         let wait = remaining.min(bus.config.get_visibility / 4);
         let want = match want {
             Some(want) => want,
-            None => match bus.queues.lanes.start(&base, bus.config.get_batch) {
+            None => match bus.queues.lanes.start(base, bus.config.get_batch) {
                 Next::Ready(element) => match decode_element(bus, element) {
                     Some(envelope) => return Ok(Some(envelope)),
                     None => continue,
@@ -393,11 +397,11 @@ async fn get_from(bus: &Arc<Shared>, base: &str, timeout: Duration) -> Result<Op
         };
         // The connection first: a lane, once checked out, is not left behind
         // by a caller that gives up while a connection opens.
-        bus.queues.lanes.wait_returned(&base, deadline).await;
-        let outcome = match bus.pool.take(&base).await {
+        bus.queues.lanes.wait_returned(base, deadline).await;
+        let outcome = match bus.pool.take(base).await {
             Ok(blocking) => {
-                let lane = bus.queues.lanes.check_out(bus, &base);
-                take_on(bus, &base, lane, blocking, wait, want).await
+                let lane = bus.queues.lanes.check_out(bus, base);
+                take_on(bus, base, lane, blocking, wait, want).await
             }
             Err(err) => Err(err),
         };
@@ -450,26 +454,40 @@ async fn take_on(
     timeout: Duration,
     want: usize,
 ) -> Result<Option<Bytes>> {
-    let mut pipe = settle_pipeline(bus, base, &mut lane);
-    pipe.cmd("BLMOVE")
-        .arg(base)
+    let want = want.clamp(1, MAX_BATCH);
+    let mut pipe = settle_pipeline(bus, base, &mut lane, want);
+    let settling = pipe.len();
+    let keys = base.len() + lane.list.len();
+    let mut pop = super::command("BLMOVE", 5, keys + 20);
+    // Whole milliseconds, the server's resolution.
+    let millis = busbar_core::ceil_millis(timeout).max(1);
+    pop.arg(base)
         .arg(&lane.list)
         .arg("RIGHT")
         .arg("LEFT")
-        .arg(format!("{:.3}", timeout.as_secs_f64().max(0.001)));
+        .arg(millis as f64 / 1000.0);
+    pipe.add_command(pop);
     // Run once the pop returns, on the same connection: they find the queue as
     // the pop left it.
-    let want = want.clamp(1, MAX_BATCH);
     for _ in 1..want {
-        pipe.cmd("LMOVE")
-            .arg(base)
-            .arg(&lane.list)
-            .arg("RIGHT")
-            .arg("LEFT");
+        let mut more = super::command("LMOVE", 4, keys + 9);
+        more.arg(base).arg(&lane.list).arg("RIGHT").arg("LEFT");
+        pipe.add_command(more);
     }
     let client_id = blocking.client_id;
     let pending: Pending = Box::pin(async move {
-        let reply = pipe.query_async::<Vec<Value>>(&mut blocking.conn).await;
+        let reply = pipe
+            .query_async::<Value>(&mut blocking.conn)
+            .await
+            .and_then(|reply| match reply {
+                // The settling commands' replies first (errors among them
+                // fail the query): only the pops' are kept.
+                Value::Array(mut replies) if replies.len() >= settling => {
+                    replies.drain(..settling);
+                    Ok(replies)
+                }
+                other => Err(unexpected(other)),
+            });
         (lane, blocking, reply)
     });
     let mut abandoned = Abandoned {
@@ -525,9 +543,10 @@ async fn take_on(
 }
 
 /// A pipeline that pushes back `lane`'s returns, trims what it settled, and
-/// renews its registration when due; the lane's counts start over.
-fn settle_pipeline(bus: &Shared, base: &str, lane: &mut Lane) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
+/// renews its registration when due, with room for `more` commands; the
+/// lane's counts start over. Its replies mean nothing but success.
+fn settle_pipeline(bus: &Shared, base: &str, lane: &mut Lane, more: usize) -> redis::Pipeline {
+    let mut pipe = redis::Pipeline::with_capacity(3 + more);
     let now = Instant::now();
     if lane.registered_until.is_none_or(|until| until <= now) {
         let ttl = busbar_core::ceil_millis(bus.config.get_visibility).max(1);
@@ -536,8 +555,7 @@ fn settle_pipeline(bus: &Shared, base: &str, lane: &mut Lane) -> redis::Pipeline
                 pipe.cmd("ZADD")
                     .arg(format!("{base}:gs"))
                     .arg(redis_now + ttl)
-                    .arg(&lane.name)
-                    .ignore();
+                    .arg(&lane.name);
             }
             None => {
                 pipe.cmd("EVAL")
@@ -545,8 +563,7 @@ fn settle_pipeline(bus: &Shared, base: &str, lane: &mut Lane) -> redis::Pipeline
                     .arg(1)
                     .arg(base)
                     .arg(ttl)
-                    .arg(&lane.name)
-                    .ignore();
+                    .arg(&lane.name);
             }
         }
         lane.registered_until = Some(now + bus.config.get_visibility / 2);
@@ -558,14 +575,12 @@ fn settle_pipeline(bus: &Shared, base: &str, lane: &mut Lane) -> redis::Pipeline
         for element in lane.returns.drain(..).rev() {
             push.arg(&element[..]);
         }
-        pipe.add_command(push).ignore();
+        pipe.add_command(push);
     }
     if lane.settled > 0 {
-        pipe.cmd("LTRIM")
-            .arg(&lane.list)
-            .arg(0)
-            .arg(-(lane.settled as i64) - 1)
-            .ignore();
+        let mut trim = super::command("LTRIM", 3, lane.list.len() + 22);
+        trim.arg(&lane.list).arg(0).arg(-(lane.settled as i64) - 1);
+        pipe.add_command(trim);
         lane.settled = 0;
     }
     pipe
@@ -619,22 +634,26 @@ fn finish(
     Ok(popped)
 }
 
-/// The elements a lane pipeline's pops brought, oldest first (the replies of
-/// the pipeline's settling commands are ignored).
+/// The elements a lane pipeline's pops brought, oldest first.
 fn elements(values: Vec<Value>) -> Result<Vec<Bytes>> {
     let mut elements = Vec::with_capacity(values.len());
     for value in values {
         match value {
             Value::BulkString(element) => elements.push(Bytes::from(element)),
             Value::Nil => {}
-            other => {
-                return Err(Error::transport(format!(
-                    "unexpected reply to a queue pop: {other:?}"
-                )))
-            }
+            other => return Err(transport_error(unexpected(other))),
         }
     }
     Ok(elements)
+}
+
+/// A reply no lane pipeline gets.
+fn unexpected(reply: Value) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "unexpected reply to a queue pop",
+        format!("{reply:?}"),
+    ))
 }
 
 /// How many items to take for a bus whose gets come `pace` apart: as many as
@@ -804,7 +823,7 @@ pub(crate) async fn put_back_ahead(bus: &Arc<Shared>, base: &str) {
 /// lane back; should that fail, the trim may or may not have run, so the
 /// lane's list goes back instead.
 async fn settle_now(bus: &Arc<Shared>, base: &str, mut lane: Lane) {
-    let pipe = settle_pipeline(bus, base, &mut lane);
+    let pipe = settle_pipeline(bus, base, &mut lane, 0);
     let settled = on_link(bus, bus.config.outage_wait, &pipe).await;
     bus.queues.lanes.back(base, &mut lane);
     match settled {
