@@ -37,27 +37,39 @@ const HAS_REPLY_TO: u8 = 4;
 
 /// Encodes `envelope`, refusing fields too long for their length prefix.
 pub fn encode(envelope: &Envelope) -> Result<Bytes> {
-    let mut out = BytesMut::with_capacity(encoded_len_hint(envelope));
+    // Exactly sized: a buffer filled to its capacity freezes without the
+    // allocation `Bytes` otherwise makes to share it.
+    let mut out = BytesMut::with_capacity(body_len(envelope) + 2 + envelope.signature.len());
     encode_into(envelope, &mut out)?;
     Ok(out.freeze())
 }
 
 /// Encodes `envelope` without its signature: the bytes a signature covers.
 pub fn encode_unsigned(envelope: &Envelope) -> Result<Bytes> {
-    let mut out = BytesMut::with_capacity(encoded_len_hint(envelope));
+    let mut out = BytesMut::with_capacity(body_len(envelope));
     encode_body(envelope, &mut out)?;
     Ok(out.freeze())
 }
 
-fn encoded_len_hint(envelope: &Envelope) -> usize {
-    64 + envelope.subject.len()
-        + envelope.payload.len()
-        + envelope.signature.len()
-        + envelope
-            .headers
-            .iter()
-            .map(|(k, v)| 4 + k.len() + v.len())
-            .sum::<usize>()
+/// The length of `encode_body`'s output.
+fn body_len(e: &Envelope) -> usize {
+    let fixed = 4 + 16 + 8;
+    let deadline = if e.deadline_ms.is_some() { 8 } else { 0 };
+    let correlation = if e.correlation_id.is_some() { 16 } else { 0 };
+    let reply_to = e.reply_to.as_ref().map_or(0, |r| 2 + r.len());
+    let headers: usize = e.headers.iter().map(|(k, v)| 4 + k.len() + v.len()).sum();
+    fixed
+        + deadline
+        + correlation
+        + 2
+        + e.subject.len()
+        + reply_to
+        + 1
+        + e.content_type.as_str().len()
+        + 2
+        + headers
+        + 4
+        + e.payload.len()
 }
 
 /// Appends the encoding of `envelope` to `out`.
@@ -185,7 +197,11 @@ pub fn decode_with_span(input: &Bytes, max_len: usize) -> Result<Decoded> {
         None
     };
     let content_type_len = r.u8()? as usize;
-    let content_type = ContentType::new(r.str(content_type_len)?.to_owned());
+    let content_type = match r.str(content_type_len)? {
+        // The usual one costs no allocation.
+        json if json == ContentType::JSON.as_str() => ContentType::JSON,
+        other => ContentType::new(other.to_owned()),
+    };
     let header_count = r.u16()? as usize;
     if header_count > MAX_HEADERS {
         return Err(Error::Malformed(format!(
@@ -301,6 +317,27 @@ mod tests {
         e.headers.push(("trace".into(), "t-1".into()));
         e.signature = Bytes::from_static(b"sig");
         e
+    }
+
+    #[test]
+    fn encoding_fills_exactly_the_buffer_it_sizes() {
+        let bare = Envelope::new(
+            Kind::Event,
+            Name::new("a").unwrap(),
+            ContentType::new("text/plain"),
+            Bytes::new(),
+        );
+        for e in [sample(), bare] {
+            assert_eq!(
+                encode(&e).unwrap().len(),
+                body_len(&e) + 2 + e.signature.len()
+            );
+            assert_eq!(encode_unsigned(&e).unwrap().len(), body_len(&e));
+            assert_eq!(
+                decode(&encode(&e).unwrap(), DEFAULT_MAX_ENVELOPE).unwrap(),
+                e
+            );
+        }
     }
 
     #[test]

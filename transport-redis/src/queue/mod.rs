@@ -78,14 +78,43 @@ use take::take;
 
 /// The base key of `queue`.
 pub(crate) fn base_key(namespace: &str, queue: &str) -> String {
-    // Built in one allocation: it is made for every put and get, and on a
-    // small machine allocations (contended allocator locks) showed up in the
+    // Built in one allocation: it is made for every get, and on a small
+    // machine allocations (contended allocator locks) showed up in the
     // queue's throughput.
-    let mut key = String::with_capacity(namespace.len() + queue.len() + 5);
-    for part in [namespace, ":q:{", queue, "}"] {
-        key.push_str(part);
+    let key = BaseKey { namespace, queue };
+    let mut out = String::with_capacity(key.len());
+    for part in key.parts() {
+        out.push_str(part);
     }
-    key
+    out
+}
+
+/// A queue's base key as a command argument, written into the command
+/// without a string of its own (a put needs it nowhere else).
+struct BaseKey<'a> {
+    namespace: &'a str,
+    queue: &'a str,
+}
+
+impl BaseKey<'_> {
+    fn parts(&self) -> [&str; 4] {
+        [self.namespace, ":q:{", self.queue, "}"]
+    }
+
+    fn len(&self) -> usize {
+        self.parts().iter().map(|part| part.len()).sum()
+    }
+}
+
+impl redis::ToRedisArgs for BaseKey<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        let mut arg = out.writer_for_next_arg();
+        for part in self.parts() {
+            // Writing into the command's own buffer cannot fail.
+            let _ = arg.write_all(part.as_bytes());
+        }
+    }
 }
 
 /// An empty command `name` with room for `args` more arguments of `data` bytes
@@ -100,12 +129,15 @@ pub(super) fn command(name: &str, args: usize, data: usize) -> redis::Cmd {
 /// `LPUSH`es the item; returns once Redis stored it.
 pub(crate) async fn put(bus: &Shared, item: Envelope) -> Result<()> {
     let bytes = wire::encode(&item)?;
-    let base = base_key(&bus.config.namespace, item.subject.as_str());
+    let base = BaseKey {
+        namespace: &bus.config.namespace,
+        queue: item.subject.as_str(),
+    };
+    let mut push = command("LPUSH", 2, base.len() + bytes.len());
+    push.arg(base).arg(&bytes[..]);
     drop(item);
     let conn = bus.link.get(bus.config.outage_wait).await?;
     let mut c = conn.conn.clone();
-    let mut push = command("LPUSH", 2, base.len() + bytes.len());
-    push.arg(&base).arg(&bytes[..]);
     let result = push.exec_async(&mut c).await;
     conn.check(result)
 }
@@ -227,4 +259,31 @@ pub(crate) async fn nack(bus: &Shared, base: &str, id: &[u8; 16]) -> Result<()> 
         .invoke_async::<i64>(&mut c)
         .await;
     conn.check(result).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{base_key, BaseKey};
+
+    #[test]
+    fn a_put_writes_the_key_its_gets_take_from() {
+        assert_eq!(base_key("ns", "jobs.resize"), "ns:q:{jobs.resize}");
+        let mut cmd = redis::cmd("LPUSH");
+        cmd.arg(BaseKey {
+            namespace: "ns",
+            queue: "jobs.resize",
+        })
+        .arg("item");
+        let args: Vec<_> = cmd
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => b"<cursor>".to_vec(),
+            })
+            .collect();
+        assert_eq!(
+            args,
+            [&b"LPUSH"[..], b"ns:q:{jobs.resize}", b"item"].map(<[u8]>::to_vec)
+        );
+    }
 }
