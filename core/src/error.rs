@@ -65,6 +65,13 @@ pub enum Error {
         /// Events missed.
         missed: u64,
     },
+    /// The transport lost its connection to the broker: events published
+    /// until it is restored are missed, how many is not known. The
+    /// subscription keeps running and resumes by itself.
+    #[error(
+        "the connection to the broker was lost: events published until it is restored are missed"
+    )]
+    Interrupted,
     /// The transport failed (connection lost, broker error, ...).
     #[error("transport error: {0}")]
     Transport(#[source] BoxError),
@@ -106,6 +113,7 @@ impl Error {
             Error::Malformed(_) => "malformed",
             Error::TooLarge { .. } => "too_large",
             Error::Lagged { .. } => "lagged",
+            Error::Interrupted => "interrupted",
             Error::Transport(_) => "transport",
             Error::Closed => "closed",
             Error::Unsupported { .. } => "unsupported",

@@ -174,6 +174,7 @@ async fn provide(
             item = broadcast.next() => match item {
                 Some(Incoming::Message(request)) => run(request),
                 Some(Incoming::Lagged(missed)) => tracing::warn!(missed, "provider missed call_all requests"),
+                Some(Incoming::Interrupted) => tracing::warn!("provider may have missed call_all requests while its connection was down"),
                 None => return,
             },
             // Pings only need to be counted by the transport; drop them.

@@ -2,7 +2,9 @@
 //!
 //! Delivering never blocks the publisher: when the buffer is full the event is
 //! dropped, counted, and the subscriber receives [`Incoming::Lagged`] at the point
-//! where the gap is, so nothing is lost silently and memory stays bounded.
+//! where the gap is, so nothing is lost silently and memory stays bounded. A
+//! transport whose connection was lost marks the gap it leaves the same way,
+//! with [`Incoming::Interrupted`].
 
 use crate::envelope::Envelope;
 use crate::stats::Stats;
@@ -22,6 +24,9 @@ pub enum Incoming {
     Message(Envelope),
     /// This many events were dropped here because the subscriber fell behind.
     Lagged(u64),
+    /// The transport lost its connection here: events published until it was
+    /// restored were not received.
+    Interrupted,
 }
 
 struct State {
@@ -108,6 +113,23 @@ impl MailboxSender {
             waker.wake();
         }
         Delivered::Queued
+    }
+
+    /// Marks where the transport lost its connection: the subscriber gets
+    /// [`Incoming::Interrupted`] after what was delivered so far. Marks with
+    /// nothing between them are one.
+    pub fn interrupted(&self) {
+        let waker = {
+            let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            if !state.receiver_alive || matches!(state.queue.back(), Some(Incoming::Interrupted)) {
+                return;
+            }
+            state.queue.push_back(Incoming::Interrupted);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// True once the subscriber has dropped its end.
@@ -233,8 +255,33 @@ mod tests {
     fn payload(item: Incoming) -> Option<u8> {
         match item {
             Incoming::Message(e) => Some(e.payload[0]),
-            Incoming::Lagged(_) => None,
+            Incoming::Lagged(_) | Incoming::Interrupted => None,
         }
+    }
+
+    #[tokio::test]
+    async fn an_interruption_is_marked_where_it_happened_once() {
+        let (tx, mut rx) = mailbox(8, Arc::new(Stats::default()));
+        tx.deliver(event(1));
+        tx.interrupted();
+        tx.interrupted();
+        tx.deliver(event(2));
+        tx.interrupted();
+        drop(tx);
+        let items: Vec<_> = rx.by_ref().collect().await;
+        let shape: Vec<_> = items
+            .iter()
+            .map(|item| match item {
+                Incoming::Message(e) => format!("event {}", e.payload[0]),
+                Incoming::Lagged(n) => format!("lagged {n}"),
+                Incoming::Interrupted => "interrupted".to_owned(),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            ["event 1", "interrupted", "event 2", "interrupted"],
+            "each mark where it happened, repeated marks with nothing between them as one"
+        );
     }
 
     #[tokio::test]

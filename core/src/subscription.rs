@@ -16,8 +16,10 @@ use std::task::{Context, Poll};
 /// A live subscription yielding `T` for each matching event. Dropping it unsubscribes.
 ///
 /// Items are `Ok(value)`, or an error the subscription survives:
-/// [`Error::Lagged`] when this subscriber fell behind and missed events, and
-/// [`Error::Codec`] when an event's payload does not decode as `T`.
+/// [`Error::Lagged`] when this subscriber fell behind and missed events,
+/// [`Error::Interrupted`] when the transport lost its connection (events
+/// published until it is restored are missed), and [`Error::Codec`] when an
+/// event's payload does not decode as `T`.
 pub struct Subscription<T> {
     raw: RawSubscription,
     stats: Arc<Stats>,
@@ -46,6 +48,7 @@ impl<T: FromEnvelope> Stream for Subscription<T> {
         Poll::Ready(match futures::ready!(self.raw.poll_next_unpin(cx)) {
             None => None,
             Some(Incoming::Lagged(missed)) => Some(Err(Error::Lagged { missed })),
+            Some(Incoming::Interrupted) => Some(Err(Error::Interrupted)),
             Some(Incoming::Message(envelope)) => {
                 tracing::trace!(topic = %envelope.subject, id = %envelope.id, "event delivered");
                 Some(T::from_envelope(envelope).inspect_err(|_| {

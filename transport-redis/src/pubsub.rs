@@ -11,8 +11,10 @@
 //! All subscriptions of a bus share one RESP3 connection. Incoming messages are
 //! decoded and delivered on that connection's reader (delivery never blocks).
 //! Subscribe and unsubscribe go through one task in order; `subscribe` returns
-//! once Redis has confirmed. When the connection is lost, the task reconnects with
-//! backoff and subscribes again to every channel and glob in use.
+//! once Redis has confirmed. When the connection is lost, every subscription
+//! is told at once ([`Error::Interrupted`]: Redis keeps no pub/sub history, so
+//! what is published until the reconnect is missed), and the task reconnects
+//! with backoff and subscribes again to every channel and glob in use.
 
 use crate::connection::{transport_error, Backoff, Connection, Opener};
 use busbar_core::mailbox::{mailbox, MailboxSender};
@@ -43,6 +45,10 @@ pub(crate) enum Topic {
 pub(crate) trait Route: Send + Sync + 'static {
     /// Handles one message; `channel` is where it was published.
     fn deliver(&self, channel: &[u8], payload: &Bytes);
+
+    /// The subscriber connection was lost: messages published until it is
+    /// back are not received.
+    fn interrupted(&self) {}
 }
 
 /// Routes by the channel or glob they listen to, each with its id.
@@ -69,6 +75,13 @@ impl Registry {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(topic)
+    }
+
+    fn interrupted(&self) {
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        for (_, route) in routes.values().flatten() {
+            route.interrupted();
+        }
     }
 
     fn dispatch(&self, topic: &Topic, channel: &[u8], payload: &Bytes) {
@@ -287,6 +300,9 @@ impl Owner {
 
     fn lose(&mut self, why: &str) {
         if self.conn.take().is_some() {
+            // Marked now, after everything the old connection delivered: what
+            // is published from here until the reconnect is missed.
+            self.registry.interrupted();
             Stats::incr(&self.stats.disconnects);
             tracing::warn!(
                 reason = why,
@@ -521,6 +537,10 @@ impl Route for EventRoute {
             return;
         }
         self.sender.deliver(envelope);
+    }
+
+    fn interrupted(&self) {
+        self.sender.interrupted();
     }
 }
 

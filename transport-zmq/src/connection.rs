@@ -162,6 +162,11 @@ pub(crate) async fn run(
         shared.set_connected(false);
         Stats::incr(&shared.stats.disconnects);
         tracing::warn!(endpoint = %shared.config.endpoint, %reason, "lost the zmq broker; reconnecting");
+        // Marked after everything the lost session delivered: what is
+        // published until the broker has the subscriptions again is missed.
+        for sub in lock(&shared.subs).values() {
+            sub.sender.interrupted();
+        }
         fail_in_flight(&shared);
         let mut bye = None;
         let kept: Vec<Outbound> = backlog.drain(..).collect();

@@ -644,8 +644,9 @@ async fn connecting_to_no_broker_fails_in_time() {
 }
 
 /// While the broker is away, publishes are buffered up to a bound, then fail
-/// with a clear error; once a broker is back the bus restores its subscription
-/// by itself and events flow again.
+/// with a clear error, and the subscriber is told it may be missing events;
+/// once a broker is back the bus restores its subscription by itself and
+/// events flow again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_during_an_outage_are_bounded_then_fail_clearly() {
     let first = broker().await;
@@ -666,6 +667,8 @@ async fn publishes_during_an_outage_are_bounded_then_fail_clearly() {
         matches!(&error, Error::Transport(e) if e.to_string().contains("publish buffer")),
         "{error:?}"
     );
+    let told = within("the outage to reach the subscriber", sub.next()).await;
+    assert!(matches!(told, Some(Err(Error::Interrupted))), "{told:?}");
     let _second = Broker::bind_with(&endpoint, steady()).await.unwrap();
     within("an event after the broker came back", async {
         let mut tick = tokio::time::interval(Duration::from_millis(20));

@@ -98,6 +98,9 @@ pub(crate) async fn subscribe(args: SubArgs) -> CmdResult {
                         "warning: fell behind and missed {missed} events (raise --buffer)"
                     ));
                 }
+                Some(Err(Error::Interrupted)) => status(
+                    "warning: lost the connection to the broker; events published until it is back are missed",
+                ),
                 Some(Err(err)) => status(&format!("warning: skipped an event: {err}")),
             }
         }

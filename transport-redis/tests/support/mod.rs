@@ -2,7 +2,7 @@
 //! recovery until it succeeds, bounded by [`RECOVERY`]; none sleeps.
 #![allow(dead_code)] // each test binary uses its own part
 
-use busbar_core::{Bus, Subscription};
+use busbar_core::{Bus, Error, Subscription};
 use busbar_redis::{Config, RedisBus};
 use futures::StreamExt;
 use std::future::Future;
@@ -81,6 +81,18 @@ pub(crate) async fn subscription_is_live(
     }
 }
 
+/// Waits for the subscription to report that its connection was lost; only
+/// markers published before may come first.
+pub(crate) async fn reports_interruption(sub: &mut Subscription<u32>) {
+    loop {
+        match tokio::time::timeout(RECOVERY, sub.next()).await {
+            Ok(Some(Err(Error::Interrupted))) => return,
+            Ok(Some(Ok(MARK))) => continue,
+            other => panic!("expected the lost connection to be reported, got {other:?}"),
+        }
+    }
+}
+
 /// Calls until the provider answers: proof it serves again.
 pub(crate) async fn provider_is_live(client: &Bus, method: &str) {
     let stub = client
@@ -99,11 +111,13 @@ pub(crate) async fn provider_is_live(client: &Bus, method: &str) {
     .await;
 }
 
-/// The next event that is not a marker.
+/// The next event that is not a marker. Notices of a lost connection are
+/// skipped too: on a cluster, the kill that reaches one node after the bus
+/// reconnected to it takes the new connection as well, and that is reported.
 pub(crate) async fn next(sub: &mut Subscription<u32>) -> u32 {
     loop {
         match tokio::time::timeout(RECOVERY, sub.next()).await {
-            Ok(Some(Ok(MARK))) => continue,
+            Ok(Some(Ok(MARK) | Err(Error::Interrupted))) => continue,
             Ok(Some(Ok(n))) => return n,
             other => panic!("expected an event, got {other:?}"),
         }

@@ -1,7 +1,8 @@
 //! Fault scenarios run against a single server and against a cluster alike.
 
 use super::{
-    bus, bus_with, next, produce, provider_is_live, stats_reach, subscription_is_live, RECOVERY,
+    bus, bus_with, next, produce, provider_is_live, reports_interruption, stats_reach,
+    subscription_is_live, RECOVERY,
 };
 use busbar_core::{Bus, Error, Fault, Subscription};
 use busbar_test_support::{RedisCluster, RedisServer};
@@ -74,7 +75,8 @@ impl Target for RedisCluster {
 }
 
 /// `CLIENT KILL` of every connection, three times: subscriptions (literal and
-/// wildcard) and providers come back, and no event arrives twice after.
+/// wildcard) are told events may have been missed, they and providers come
+/// back, and no event arrives twice after.
 pub(crate) async fn client_kill_restores_subscriptions_and_providers(target: &impl Target) {
     let url = target.url();
     let (listener, client) = (bus(&url).await, bus(&url).await);
@@ -89,6 +91,8 @@ pub(crate) async fn client_kill_restores_subscriptions_and_providers(target: &im
 
     for round in 1..=3u64 {
         target.kill_clients();
+        reports_interruption(&mut literal).await;
+        reports_interruption(&mut wildcard).await;
         subscription_is_live(&client, "kill.one", &mut literal).await;
         subscription_is_live(&client, "kill.two", &mut wildcard).await;
         provider_is_live(&client, "kill.inc").await;
@@ -169,8 +173,9 @@ pub(crate) async fn client_kill_loses_no_queue_item(target: &impl Target) {
 
 /// A crash (`kill -9`) and restart of the persistent server(s) in the middle
 /// of the traffic: publishes are buffered up to the bound, then fail clearly;
-/// calls fail rather than hang; afterwards subscriptions and providers are
-/// back and every stored queue item is still there.
+/// calls fail rather than hang; subscribers hear of the outage while it
+/// lasts; afterwards subscriptions and providers are back and every stored
+/// queue item is still there.
 pub(crate) async fn restart_mid_stream(target: &mut impl Target) {
     let url = target.url();
     let listener = bus(&url).await;
@@ -225,6 +230,7 @@ pub(crate) async fn restart_mid_stream(target: &mut impl Target) {
         .unwrap()
         .timeout(Duration::from_secs(1));
     assert!(stub.call(&1).await.is_err());
+    reports_interruption(&mut sub).await;
 
     tokio::task::block_in_place(|| target.resume());
 
