@@ -6,10 +6,10 @@
 //! agrees on the whole slot map, so `MOVED` redirections and cluster-wide pub/sub
 //! work as soon as it returns.
 
-use crate::{free_port, RedisServer};
+use crate::{free_port, fresh_dir, make_certificates, Certificates, RedisServer, Tls};
 use std::ffi::OsString;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -31,6 +31,21 @@ const CLI_INSTALL_HINT: &str = "redis-cli was not found on PATH: install it \
 /// are killed, and their directories removed, when it is dropped.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// Dropped after the nodes: the CA and certificate they all serve TLS with.
+    certificates: Option<SharedCertificates>,
+}
+
+/// A test CA and a certificate for 127.0.0.1 in a directory of their own,
+/// removed on drop.
+struct SharedCertificates {
+    dir: PathBuf,
+    tls: Tls,
+}
+
+impl Drop for SharedCertificates {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl RedisCluster {
@@ -42,14 +57,47 @@ impl RedisCluster {
     /// When `redis-server` or `redis-cli` is missing (with an install hint), or
     /// the cluster does not come up within [`CLUSTER_DEADLINE`].
     pub fn start() -> RedisCluster {
-        Self::start_with(false)
+        Self::start_with(false, false)
+    }
+
+    /// Like [`start`](Self::start), every node also serving TLS on a port of its
+    /// own with one test CA (made with the `openssl` command), and talking TLS
+    /// on the cluster bus (`tls-cluster yes`). Connect with
+    /// [`tls_url`](Self::tls_url): nodes give TLS clients their TLS ports.
+    pub fn start_tls() -> RedisCluster {
+        Self::start_with(false, true)
+    }
+
+    /// `rediss+cluster://127.0.0.1:<TLS port 1>,...?tls_ca=<the test CA>` for a
+    /// cluster from [`start_tls`](Self::start_tls).
+    ///
+    /// # Panics
+    /// When the cluster does not serve TLS.
+    pub fn tls_url(&self) -> String {
+        let certificates = self
+            .certificates
+            .as_ref()
+            .expect("start the cluster with start_tls()");
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| {
+                let tls = node.tls.as_ref().expect("every node serves TLS");
+                format!("127.0.0.1:{}", tls.port)
+            })
+            .collect();
+        format!(
+            "rediss+cluster://{}?tls_ca={}",
+            nodes.join(","),
+            certificates.tls.ca.display()
+        )
     }
 
     /// Like [`start`](Self::start) but every node runs with `--appendonly yes`
     /// (fsync always), so data survives [`stop`](Self::stop) and
     /// [`resume`](Self::resume).
     pub fn start_persistent() -> RedisCluster {
-        Self::start_with(true)
+        Self::start_with(true, false)
     }
 
     /// Kills every node (`kill -9`, like a crash of the whole cluster).
@@ -73,13 +121,21 @@ impl RedisCluster {
         }
     }
 
-    fn start_with(persistent: bool) -> RedisCluster {
+    fn start_with(persistent: bool, tls: bool) -> RedisCluster {
         let mut last_error = String::new();
         // The node starts already retry on a taken port; a whole-cluster retry
         // covers what is left, e.g. a node dying of a bus port taken meanwhile.
         for _attempt in 0..3 {
+            let certificates = tls.then(|| {
+                let dir = fresh_dir();
+                let tls = make_certificates(&dir, 0);
+                SharedCertificates { dir, tls }
+            });
             let cluster = RedisCluster {
-                nodes: (0..NODES).map(|_| start_node(persistent)).collect(),
+                nodes: (0..NODES)
+                    .map(|_| start_node(persistent, certificates.as_ref().map(|c| &c.tls)))
+                    .collect(),
+                certificates,
             };
             match cluster.create().and_then(|()| cluster.wait_ok()) {
                 Ok(()) => return cluster,
@@ -240,13 +296,19 @@ impl std::fmt::Debug for RedisCluster {
 }
 
 /// A cluster-enabled server whose bus port is picked explicitly: the default,
-/// port + 10000, may be taken or beyond 65535.
-fn start_node(persistent: bool) -> RedisServer {
-    RedisServer::start_custom(persistent, false, |dir: &Path| {
+/// port + 10000, may be taken or beyond 65535. With `tls`, it serves TLS with
+/// those files and speaks TLS to the other nodes.
+fn start_node(persistent: bool, tls: Option<&Tls>) -> RedisServer {
+    let certificates = tls.map_or(Certificates::None, Certificates::Shared);
+    RedisServer::start_custom(persistent, certificates, |dir: &Path| {
         // An attempt that died on a taken port may have written nodes.conf with
         // that port: each attempt starts as a new node rather than relying on
         // redis to correct it.
         let _ = std::fs::remove_file(dir.join("nodes.conf"));
+        let tls_cluster: &[&str] = match tls {
+            Some(_) => &["--tls-cluster", "yes", "--tls-replication", "yes"],
+            None => &[],
+        };
         [
             "--cluster-enabled",
             "yes",
@@ -254,11 +316,14 @@ fn start_node(persistent: bool) -> RedisServer {
             &free_port().to_string(),
             "--cluster-node-timeout",
             "2000",
-            "--cluster-config-file",
         ]
         .iter()
+        .chain(tls_cluster)
         .map(OsString::from)
-        .chain([dir.join("nodes.conf").into_os_string()])
+        .chain([
+            OsString::from("--cluster-config-file"),
+            dir.join("nodes.conf").into_os_string(),
+        ])
         .collect()
     })
 }

@@ -46,7 +46,7 @@ pub struct RedisServer {
 
 /// The TLS side of a server started with [`RedisServer::start_tls`].
 #[derive(Debug, Clone)]
-struct Tls {
+pub(crate) struct Tls {
     port: u16,
     ca: PathBuf,
     cert: PathBuf,
@@ -105,22 +105,34 @@ impl RedisServer {
     }
 
     fn start_with_tls(persistent: bool, with_tls: bool) -> RedisServer {
-        Self::start_custom(persistent, with_tls, |_| Vec::new())
+        let certificates = if with_tls {
+            Certificates::Fresh
+        } else {
+            Certificates::None
+        };
+        Self::start_custom(persistent, certificates, |_| Vec::new())
     }
 
     /// Starts a server with more options, `extra(dir)` giving them afresh on every
     /// attempt, so options naming ports (`--cluster-port`) get ports free at that
     /// moment.
-    fn start_custom(
+    pub(crate) fn start_custom(
         persistent: bool,
-        with_tls: bool,
+        certificates: Certificates<'_>,
         extra: impl Fn(&Path) -> Vec<OsString>,
     ) -> RedisServer {
         let dir = fresh_dir();
         let mut last_error = String::new();
         for _attempt in 0..20 {
             let port = free_port();
-            let tls = with_tls.then(|| make_certificates(&dir, free_port()));
+            let tls = match certificates {
+                Certificates::None => None,
+                Certificates::Fresh => Some(make_certificates(&dir, free_port())),
+                Certificates::Shared(tls) => Some(Tls {
+                    port: free_port(),
+                    ..tls.clone()
+                }),
+            };
             let extra = extra(&dir);
             match spawn(port, &dir, persistent, tls.as_ref(), &extra) {
                 Ok(child) => {
@@ -337,8 +349,20 @@ fn spawn(
     cmd.spawn()
 }
 
+/// Where a server's TLS certificate comes from, if it serves TLS.
+#[derive(Clone, Copy)]
+pub(crate) enum Certificates<'a> {
+    /// No TLS.
+    None,
+    /// A test CA and certificate of its own.
+    Fresh,
+    /// These files (the port is the server's own): the nodes of a cluster
+    /// share one CA, so a client trusting it trusts every node.
+    Shared(&'a Tls),
+}
+
 /// A test CA and a server certificate for 127.0.0.1 (P-256 keys), in `dir`.
-fn make_certificates(dir: &Path, port: u16) -> Tls {
+pub(crate) fn make_certificates(dir: &Path, port: u16) -> Tls {
     let tls = Tls {
         port,
         ca: dir.join("ca.crt"),
@@ -418,7 +442,7 @@ fn free_port() -> u16 {
         .expect("cannot bind a loopback port")
 }
 
-fn fresh_dir() -> PathBuf {
+pub(crate) fn fresh_dir() -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "busbar-redis-{}-{}",

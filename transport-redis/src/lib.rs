@@ -77,9 +77,10 @@
 //! on a single server, and replays subscriptions.
 //!
 //! Redis 7.0 or later is needed (`BLMPOP`, sharded pub/sub). The tests run the
-//! conformance suite and fault tests on a local three-master cluster;
-//! `rediss+cluster://` uses the same TLS settings as `rediss://` but has no
-//! test against a TLS cluster yet.
+//! conformance suite and fault tests on a local three-master cluster, and the
+//! conformance suite again over TLS (`rediss+cluster://`, same settings as
+//! `rediss://`) on one whose nodes share a CA and run `tls-cluster yes`, so
+//! they give TLS clients their TLS ports.
 #![deny(missing_docs)]
 
 mod connection;

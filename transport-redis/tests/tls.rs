@@ -1,7 +1,8 @@
-//! `rediss://`: TLS to a redis-server with a test CA.
+//! `rediss://` and `rediss+cluster://`: TLS to a redis-server, and to a
+//! cluster whose nodes share a test CA.
 
 use busbar_core::{Bus, Error, Fault};
-use busbar_test_support::RedisServer;
+use busbar_test_support::{RedisCluster, RedisServer};
 use futures::StreamExt;
 use std::time::Duration;
 
@@ -10,10 +11,22 @@ use busbar_redis as _;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_queues_and_calls_over_tls() {
     let server = RedisServer::start_tls();
-    let url = server.tls_url();
+    events_queues_and_calls(&server.tls_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_queues_and_calls_over_tls_on_a_cluster() {
+    let cluster = RedisCluster::start_tls();
+    let url = cluster.tls_url();
+    assert!(url.starts_with("rediss+cluster://"), "{url}");
+    events_queues_and_calls(&url).await;
+}
+
+/// An event, a queue item and a call between two buses on `url`.
+async fn events_queues_and_calls(url: &str) {
     let (a, b) = (
-        Bus::connect(&url).await.unwrap(),
-        Bus::connect(&url).await.unwrap(),
+        Bus::connect(url).await.unwrap(),
+        Bus::connect(url).await.unwrap(),
     );
     let mut sub = a.subscribe_to::<u32>("tls.*").await.unwrap();
     b.publish_to("tls.one", &1u32).await.unwrap();
