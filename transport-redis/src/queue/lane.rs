@@ -40,6 +40,7 @@
 //! queue, or `len`) returns its list, counting the return.
 
 use super::element::Element;
+use super::pop::read_pop;
 use super::scripts::{CLOSE_LANE_LUA, REGISTER_LANE_LUA};
 use super::Waiting;
 use crate::connection::{transport_error, Blocking};
@@ -496,34 +497,17 @@ async fn take_on(
         client_id,
         pending: Some(pending),
     };
-    let grace = bus.config.response_timeout;
     let mut closing = bus.closing.subscribe();
-    let limit = tokio::time::sleep(timeout + grace);
-    tokio::pin!(limit);
-    let mut unblocking = false;
-    let retry = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(retry);
-    let reply = loop {
-        let Some(pending) = abandoned.pending.as_mut() else {
-            unreachable!("set above, taken only here")
-        };
-        tokio::select! {
-            reply = pending => break Some(reply),
-            () = &mut limit => break None,
-            _ = closing.wait_for(|closing| *closing), if !unblocking => {
-                unblocking = true;
-                limit.as_mut().reset(Instant::now() + grace);
-            }
-            () = &mut retry, if unblocking => {
-                if !super::take::unblock(bus, base, client_id) {
-                    break None;
-                }
-                retry.as_mut().reset(Instant::now() + super::take::UNBLOCK_RETRY);
-            }
-        }
+    let closes = async {
+        let _ = closing.wait_for(|closing| *closing).await;
     };
+    let Some(pending) = abandoned.pending.as_mut() else {
+        unreachable!("set above")
+    };
+    let end = read_pop(bus, base, client_id, pending, timeout, closes).await;
+    let unblocking = end.stopped.is_some();
     let pending = abandoned.pending.take();
-    let Some((lane, blocking, reply)) = reply else {
+    let Some((lane, blocking, reply)) = end.reply else {
         // No answer in time: the lane is dropped with its connection, its
         // state unknown; its registration lapses and the reaper returns its list.
         drop(pending);
@@ -687,22 +671,11 @@ impl Drop for Abandoned<'_> {
         let (bus, base, client_id) = (self.bus.clone(), self.base.to_owned(), self.client_id);
         runtime.spawn(async move {
             let _waiting = Waiting::enter(&bus, &base);
-            tokio::pin!(pending);
-            let grace = tokio::time::sleep(bus.config.response_timeout);
-            tokio::pin!(grace);
-            let retry = tokio::time::sleep(Duration::ZERO);
-            tokio::pin!(retry);
-            let (mut lane, _unblocked, reply) = loop {
-                tokio::select! {
-                    reply = &mut pending => break reply,
-                    () = &mut grace => return,
-                    () = &mut retry => {
-                        if !super::take::unblock(&bus, &base, client_id) {
-                            return;
-                        }
-                        retry.as_mut().reset(Instant::now() + super::take::UNBLOCK_RETRY);
-                    }
-                }
+            // Ended at once: the caller has left.
+            let stop = std::future::ready(());
+            let end = read_pop(&bus, &base, client_id, pending, Duration::ZERO, stop).await;
+            let Some((mut lane, _unblocked, reply)) = end.reply else {
+                return;
             };
             if let Ok(elements) = reply.map_err(transport_error).and_then(elements) {
                 lane.settled += elements.len();

@@ -62,6 +62,7 @@
 mod ack;
 mod element;
 mod lane;
+mod pop;
 mod scripts;
 mod take;
 

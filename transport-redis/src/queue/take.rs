@@ -3,6 +3,7 @@
 
 use super::ack::settle_soon;
 use super::element::Element;
+use super::pop::read_pop;
 use super::scripts::{ADOPT, MAX_SETTLED_PER_TAKE, NACK_LUA, TAKE};
 use super::{base_key, job, Taken, Waiting};
 use crate::connection::transport_error;
@@ -287,41 +288,18 @@ async fn wait(
         .arg(base)
         .arg(terms.visibility_ms);
     let mut closing = bus.closing.subscribe();
-    let mut shutting_down = false;
-    let mut unblocking = false;
-    let popped = {
-        let reply = pipe.query_async::<(Option<Vec<u8>>, Value)>(&mut blocking.conn);
-        tokio::pin!(reply);
-        let limit = tokio::time::sleep(timeout + grace);
-        tokio::pin!(limit);
-        let retry = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(retry);
-        loop {
-            tokio::select! {
-                popped = &mut reply => break Some(popped),
-                () = &mut limit => break None,
-                _ = closing.wait_for(|closing| *closing), if !unblocking => {
-                    shutting_down = true;
-                    unblocking = true;
-                    limit.as_mut().reset(Instant::now() + grace);
-                }
-                () = caller.closed(), if !unblocking => {
-                    unblocking = true;
-                    limit.as_mut().reset(Instant::now() + grace);
-                }
-                // The unblock travels on another connection and may overtake
-                // the pop it is meant for (then it finds nothing to end): repeat
-                // it until the pop answers.
-                () = &mut retry, if unblocking => {
-                    if !unblock(bus, base, blocking.client_id) {
-                        break None;
-                    }
-                    retry.as_mut().reset(Instant::now() + UNBLOCK_RETRY);
-                }
-            }
+    // Ended early when the bus closes (true) or the caller leaves (false).
+    let stop = async {
+        tokio::select! {
+            _ = closing.wait_for(|closing| *closing) => true,
+            () = caller.closed() => false,
         }
     };
-    let popped = match popped {
+    let client_id = blocking.client_id;
+    let reply = pipe.query_async::<(Option<Vec<u8>>, Value)>(&mut blocking.conn);
+    let end = read_pop(bus, base, client_id, reply, timeout, stop).await;
+    let (unblocking, shutting_down) = (end.stopped.is_some(), end.stopped == Some(true));
+    let popped = match end.reply {
         Some(Ok((moved, adopted))) => adopted_or(moved.is_some(), adopted),
         Some(Err(err))
             if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -377,17 +355,6 @@ fn adopted_or(moved: bool, adopted: Value) -> Popped {
         Value::Nil | Value::Boolean(false) => Popped::TimedOut,
         value => Popped::Item(value),
     }
-}
-
-/// How often an unblock is repeated until the pop it ends answers.
-pub(super) const UNBLOCK_RETRY: Duration = Duration::from_millis(10);
-
-/// Ends a blocking pop on the server (through the writer: this runs while the
-/// pop's own connection waits). False when it could not even be queued.
-pub(super) fn unblock(bus: &Shared, base: &str, client_id: i64) -> bool {
-    let mut unblock = redis::cmd("CLIENT");
-    unblock.arg("UNBLOCK").arg(client_id);
-    bus.writer.send_now(job(base, [unblock]))
 }
 
 /// What one blocking wait gave.
