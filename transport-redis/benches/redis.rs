@@ -509,7 +509,7 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let setup = &setup;
-        // BENCH_ONLY=cluster|rpc1|rpc64|queue|queue-busbar|queue-raw|queue-split|queue-allocs|probe runs one
+        // BENCH_ONLY=cluster|rpc1|rpc64|queue|queue-busbar|queue-raw|queue-split|queue-allocs|rpc-allocs|probe runs one
         // workload (for profiling); rpc1 and queue also run their raw baseline, for a
         // ratio from the same run.
         match std::env::var("BENCH_ONLY").as_deref() {
@@ -646,6 +646,13 @@ fn main() {
                 let items = count(200_000.0);
                 let r = best_rate(items, || busbar_queue(setup, items)).await;
                 println!("busbar {r:.0} items/s");
+                return;
+            }
+            Ok("rpc-allocs") => {
+                let calls = count(50_000.0);
+                let busbar = allocs_per_item(calls, busbar_rpc(setup, calls, 64)).await;
+                let raw = allocs_per_item(calls, raw_rpc(setup, calls, 64)).await;
+                println!("allocations per call, 64 in flight: busbar {busbar:.1}, raw {raw:.1}");
                 return;
             }
             Ok("queue-allocs") => {

@@ -83,6 +83,7 @@
 //! they give TLS clients their TLS ports.
 #![deny(missing_docs)]
 
+mod command;
 mod connection;
 pub mod pubsub;
 pub mod queue;

@@ -33,6 +33,7 @@
 //! left in the list by a provider that vanished is dropped by the next provider
 //! when expired; the list itself expires when no call used it for a while.
 
+use crate::command::{command, run_script, script_command, Joined};
 use crate::connection::{Backoff, Connection};
 use crate::pubsub::{decode, Route};
 use crate::Shared;
@@ -76,7 +77,12 @@ return n",
 /// so on a cluster its (sharded) subscribers are counted on the node that
 /// runs [`CALL`].
 pub(crate) fn presence_channel(namespace: &str, method: &str) -> String {
-    format!("{namespace}:r:{{{method}}}")
+    presence(namespace, method).string()
+}
+
+/// [`presence_channel`] as a command argument.
+fn presence<'a>(namespace: &'a str, method: &'a str) -> Joined<'a, 4> {
+    Joined([namespace, ":r:{", method, "}"])
 }
 
 /// The `PUBSUB` subcommand counting a presence channel's subscribers.
@@ -89,7 +95,12 @@ fn numsub(bus: &Shared) -> &'static str {
 }
 
 fn request_list(namespace: &str, method: &str) -> String {
-    format!("{namespace}:rq:{{{method}}}")
+    request_key(namespace, method).string()
+}
+
+/// [`request_list`] as a command argument.
+fn request_key<'a>(namespace: &'a str, method: &'a str) -> Joined<'a, 4> {
+    Joined([namespace, ":rq:{", method, "}"])
 }
 
 pub(crate) fn inbox_channel(namespace: &str, uid: &str) -> String {
@@ -256,13 +267,19 @@ pub(crate) async fn call(bus: &Arc<Shared>, request: Envelope) -> Result<Envelop
     let conn = bus.link.get(bus.config.outage_wait.min(timeout)).await?;
     let mut c = conn.conn.clone();
     let expiry = millis(timeout) + 60_000;
-    let mut invocation = CALL.key(request_list(&bus.config.namespace, method));
+    let (list, presence) = (
+        request_key(&bus.config.namespace, method),
+        presence(&bus.config.namespace, method),
+    );
+    let mut invocation =
+        script_command(&CALL, 1, 4, list.len() + presence.len() + bytes.len() + 32);
     invocation
-        .arg(presence_channel(&bus.config.namespace, method))
+        .arg(list)
+        .arg(presence)
         .arg(&bytes[..])
         .arg(expiry)
         .arg(numsub(bus));
-    let sent = invocation.invoke_async::<i64>(&mut c);
+    let sent = run_script::<i64>(&mut c, &CALL, &invocation);
     let providers = match tokio::time::timeout(timeout, sent).await {
         Ok(result) => conn.check(result)?,
         Err(_) => return Err(Error::Timeout),
@@ -294,10 +311,9 @@ pub(crate) async fn call_all(
     let mut waiter = bus.pending.register(request.id);
     let conn = bus.link.get(bus.config.outage_wait.min(timeout)).await?;
     let mut c = conn.conn.clone();
-    let mut publish = redis::cmd(bus.counted_publish());
-    publish
-        .arg(presence_channel(&bus.config.namespace, method))
-        .arg(&bytes[..]);
+    let presence = presence(&bus.config.namespace, method);
+    let mut publish = command(bus.counted_publish(), 2, presence.len() + bytes.len());
+    publish.arg(presence).arg(&bytes[..]);
     let sent = publish.query_async::<i64>(&mut c);
     let receivers = match tokio::time::timeout(timeout, sent).await {
         Ok(result) => conn.check(result)?,

@@ -459,7 +459,7 @@ async fn take_on(
     let mut pipe = settle_pipeline(bus, base, &mut lane, want);
     let settling = pipe.len();
     let keys = base.len() + lane.list.len();
-    let mut pop = super::command("BLMOVE", 5, keys + 20);
+    let mut pop = crate::command::command("BLMOVE", 5, keys + 20);
     // Whole milliseconds, the server's resolution.
     let millis = busbar_core::ceil_millis(timeout).max(1);
     pop.arg(base)
@@ -471,7 +471,7 @@ async fn take_on(
     // Run once the pop returns, on the same connection: they find the queue as
     // the pop left it.
     for _ in 1..want {
-        let mut more = super::command("LMOVE", 4, keys + 9);
+        let mut more = crate::command::command("LMOVE", 4, keys + 9);
         more.arg(base).arg(&lane.list).arg("RIGHT").arg("LEFT");
         pipe.add_command(more);
     }
@@ -562,7 +562,7 @@ fn settle_pipeline(bus: &Shared, base: &str, lane: &mut Lane, more: usize) -> re
         pipe.add_command(push);
     }
     if lane.settled > 0 {
-        let mut trim = super::command("LTRIM", 3, lane.list.len() + 22);
+        let mut trim = crate::command::command("LTRIM", 3, lane.list.len() + 22);
         trim.arg(&lane.list).arg(0).arg(-(lane.settled as i64) - 1);
         pipe.add_command(trim);
         lane.settled = 0;
