@@ -65,3 +65,53 @@ async fn flushed_scripts_strand_no_item() {
 async fn lapsed_lanes_come_back() {
     scenarios::lapsed_lanes_come_back(&RedisServer::start()).await;
 }
+
+/// Garbage pushed into a queue's list by someone else: `receive` and `get`
+/// count it, skip it and hand out the next item, and nothing of it stays in
+/// flight to come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_a_queue_is_skipped_counted_and_removed() {
+    let server = RedisServer::start();
+    let bus = bus(&server.url()).await;
+    let q = bus.queue::<u32>("garbage.q").unwrap();
+    let list = "busbar:q:{garbage.q}";
+    let push_garbage = |text: &str| {
+        let reply = server.command(&["LPUSH", list, text]).unwrap();
+        assert!(reply.starts_with(':'), "LPUSH answered {reply:?}");
+    };
+
+    push_garbage("not-an-envelope");
+    q.put(&1).await.unwrap();
+    let delivery = q
+        .receive(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the item behind the garbage");
+    assert_eq!(*delivery.value(), 1);
+    delivery.ack().await.unwrap();
+
+    push_garbage("more-garbage");
+    q.put(&2).await.unwrap();
+    assert_eq!(q.get(Duration::from_secs(5)).await.unwrap(), Some(2));
+    assert_eq!(
+        bus.stats().rejected,
+        2,
+        "each piece of garbage counted once"
+    );
+
+    let fly = format!("{list}:fly");
+    let deadline = tokio::time::Instant::now() + support::RECOVERY;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        let left = server.command(&["HLEN", &fly]).unwrap();
+        if left.trim() == ":0" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the garbage stayed in flight: HLEN {left:?}"
+        );
+        tick.tick().await;
+    }
+    assert_eq!(q.len().await.unwrap(), 0, "nothing comes back");
+}

@@ -1,7 +1,7 @@
-//! Settling: `get` acknowledgements riding the next take (or a flusher), the
-//! Redis clock the takes compute deadlines from, and the acker of `receive`.
+//! Settling: the acker of `receive`, the removal of malformed items, and the
+//! Redis clock the takes compute deadlines from.
 
-use super::{job, nack, Waiting};
+use super::{job, nack};
 use crate::Shared;
 use async_trait::async_trait;
 use busbar_core::transport::Acker;
@@ -9,21 +9,17 @@ use busbar_core::{Error, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
-/// How long a `get`'s acknowledgement waits for the next take of its queue on
-/// the same bus to carry it, before it is sent on its own.
-const ACK_DELAY: Duration = Duration::from_millis(1);
-
-/// Acknowledges a `get` soon, without waiting for Redis: the next take of the
-/// same queue on this bus carries it (a consumer taking in a loop then pays no
-/// write and no round trip for its acknowledgements); otherwise, after
-/// [`ACK_DELAY`] or at shutdown, a flusher sends it through the ordered writer.
-/// Until then the item is in flight, so a bus that dies first costs a
-/// redelivery, never the item.
-pub(super) fn settle_soon(bus: &Arc<Shared>, base: &str, id: &[u8; 16]) {
-    if bus.queues.acks.add(base, *id) {
-        tokio::spawn(flush_acks(bus.clone(), base.to_owned()));
+/// Removes the in-flight item `id` of queue `base` for good, through the
+/// ordered writer, without waiting: for a malformed item, which could never
+/// be processed. Should the writer be full, the item comes back after its
+/// visibility timeout and is met (and removed) again.
+pub(super) fn drop_in_flight(bus: &Shared, base: &str, id: &[u8; 16]) {
+    if !bus
+        .writer
+        .send_now(job(base, settle_commands(base, &[*id])))
+    {
+        tracing::debug!("could not queue the removal of a malformed queue item; it comes back");
     }
 }
 
@@ -62,99 +58,7 @@ impl RedisClock {
     }
 }
 
-/// Acknowledgements of `get`s waiting for a take to carry them (see [`settle_soon`]).
-#[derive(Default)]
-pub(super) struct PendingAcks {
-    state: std::sync::Mutex<AckState>,
-}
-
-#[derive(Default)]
-struct AckState {
-    /// Per queue (base key): the ids, and when the oldest was added.
-    queues: std::collections::HashMap<String, (Vec<[u8; 16]>, Instant)>,
-    /// Whether a flusher task is running.
-    flusher: bool,
-}
-
-impl PendingAcks {
-    fn lock(&self) -> std::sync::MutexGuard<'_, AckState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Adds an id; true when a flusher must be started.
-    fn add(&self, base: &str, id: [u8; 16]) -> bool {
-        let mut state = self.lock();
-        match state.queues.get_mut(base) {
-            Some((ids, _)) => ids.push(id),
-            None => {
-                state
-                    .queues
-                    .insert(base.to_owned(), (vec![id], Instant::now()));
-            }
-        }
-        !std::mem::replace(&mut state.flusher, true)
-    }
-
-    /// Takes up to `max` of the ids waiting for `base`, oldest first.
-    pub(super) fn drain(&self, base: &str, max: usize) -> Vec<[u8; 16]> {
-        let mut state = self.lock();
-        let Some((ids, _)) = state.queues.get_mut(base) else {
-            return Vec::new();
-        };
-        if ids.len() > max {
-            return ids.drain(..max).collect();
-        }
-        let ids = std::mem::take(ids);
-        state.queues.remove(base);
-        ids
-    }
-
-    /// Takes the ids that waited since `before` (all of them with `None`); `None`
-    /// when nothing is left at all, and the flusher then stops.
-    fn due(&self, before: Option<Instant>) -> Option<Vec<(String, Vec<[u8; 16]>)>> {
-        let mut state = self.lock();
-        if state.queues.is_empty() {
-            state.flusher = false;
-            return None;
-        }
-        let due: Vec<String> = state
-            .queues
-            .iter()
-            .filter(|(_, (_, since))| before.is_none_or(|before| *since <= before))
-            .map(|(base, _)| base.clone())
-            .collect();
-        Some(
-            due.into_iter()
-                .filter_map(|base| state.queues.remove(&base).map(|(ids, _)| (base, ids)))
-                .collect(),
-        )
-    }
-}
-
-/// Sends the acknowledgements no take carried in time, until none are left.
-async fn flush_acks(bus: Arc<Shared>, base: String) {
-    // Shutdown waits for this flusher, which sends everything as soon as the
-    // bus starts closing, before the writer's last flush.
-    let _waiting = Waiting::enter(&bus, &base);
-    let mut closing = bus.closing.subscribe();
-    loop {
-        let before = tokio::select! {
-            () = tokio::time::sleep(ACK_DELAY) => Some(Instant::now() - ACK_DELAY),
-            _ = closing.wait_for(|closing| *closing) => None,
-        };
-        let Some(due) = bus.queues.acks.due(before) else {
-            return;
-        };
-        for (base, ids) in &due {
-            if let Err(err) = bus.writer.send(job(base, settle_commands(base, ids))).await {
-                tracing::warn!(%err, "could not acknowledge queue items; they will be delivered again");
-            }
-        }
-    }
-}
-
-/// Removes the in-flight items `ids` of queue `base` for good (the same steps
-/// [`TAKE`](super::scripts::TAKE) runs for the ids it carries).
+/// Removes the in-flight items `ids` of queue `base` for good.
 pub(super) fn settle_commands(base: &str, ids: &[[u8; 16]]) -> [redis::Cmd; 2] {
     let mut zrem = redis::cmd("ZREM");
     zrem.arg(format!("{base}:vis"));
@@ -211,24 +115,5 @@ impl Acker for RedisAcker {
     async fn nack(&self) -> Result<()> {
         self.settle_once()?;
         nack(&self.bus, &self.base, &self.id).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::PendingAcks;
-
-    #[test]
-    fn a_take_drains_at_most_its_share_oldest_first() {
-        let acks = PendingAcks::default();
-        for n in 0..5u8 {
-            acks.add("q", [n; 16]);
-        }
-        assert_eq!(acks.drain("q", 2), vec![[0; 16], [1; 16]]);
-        assert_eq!(acks.drain("other", 2), Vec::<[u8; 16]>::new());
-        assert_eq!(acks.drain("q", 10), vec![[2; 16], [3; 16], [4; 16]]);
-        assert_eq!(acks.drain("q", 10), Vec::<[u8; 16]>::new());
-        // Nothing left anywhere: the flusher stops.
-        assert!(acks.due(None).is_none());
     }
 }

@@ -56,8 +56,8 @@
 //! timeout: every bus with a consumer taking runs the reaper every
 //! `reap_interval`, and `len` runs it too. Delivery is at least once: an item
 //! whose consumer died or was too slow may be processed twice. A malformed
-//! item is dropped by id through the settlement path `get` used before lanes
-//! (the next `TAKE` of the queue carries it, or a flusher after a millisecond).
+//! item that `receive` meets is removed from the in-flight table by id,
+//! through the ordered writer (counted and logged as malformed).
 
 mod ack;
 mod element;
@@ -69,7 +69,7 @@ mod take;
 use crate::command::{command, Joined};
 use crate::connection::Job;
 use crate::Shared;
-use ack::{PendingAcks, RedisAcker, RedisClock};
+use ack::{RedisAcker, RedisClock};
 use busbar_core::transport::RawDelivery;
 use busbar_core::{wire, Envelope, Name, Result};
 use scripts::{NACK, REAP};
@@ -168,7 +168,6 @@ pub(crate) async fn receive(
 /// A bus's queue bookkeeping.
 #[derive(Default)]
 pub(crate) struct Local {
-    acks: PendingAcks,
     clock: RedisClock,
     lanes: lane::Lanes,
 }

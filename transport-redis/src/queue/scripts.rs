@@ -34,31 +34,17 @@ end
 redis.call('ZADD', vis, deadline, id)
 return item";
 
-/// Settles the items of earlier `get`s, then takes one waiting item into
-/// flight, if there is one.
+/// Takes one waiting item into flight, if there is one.
 /// KEYS[1] = base, ARGV[1] = visibility (ms), ARGV[2] = deadline (ms, Redis
-/// clock; `0` when unknown), ARGV[3..] = ids to settle (at most
-/// [`MAX_SETTLED_PER_TAKE`]). Sent on the shared command connection, so
+/// clock; `0` when unknown). Sent on the shared command connection, so
 /// concurrent takes are pipelined with every other command.
-///
-/// Settling inside the script, rather than in commands sent beside it, saves
-/// Redis two commands to parse, run and answer per item: the queue workload
-/// is bound by Redis's time per item.
 pub(super) static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "local base = KEYS[1]
 local fly, vis = base .. ':fly', base .. ':vis'
-if #ARGV > 2 then
-  redis.call('ZREM', vis, unpack(ARGV, 3))
-  redis.call('HDEL', fly, unpack(ARGV, 3))
-end
 local item = redis.call('RPOP', base){PARK}"
     ))
 });
-
-/// How many settlements one [`TAKE`] carries at most (Lua's `unpack` puts
-/// them all on its stack); any more wait for the next take or the flusher.
-pub(super) const MAX_SETTLED_PER_TAKE: usize = 256;
 
 /// Adopts an item a blocking pop just moved into the processing list.
 /// KEYS[1] = base, ARGV[1] = visibility (ms); the deadline is taken from the

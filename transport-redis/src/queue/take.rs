@@ -1,10 +1,10 @@
 //! Taking an item: at once with `TAKE`, else waiting in a blocking pop and
 //! adopting; and putting back what a caller that left would have taken.
 
-use super::ack::settle_soon;
+use super::ack::drop_in_flight;
 use super::element::Element;
 use super::pop::read_pop;
-use super::scripts::{ADOPT, MAX_SETTLED_PER_TAKE, NACK_LUA, TAKE};
+use super::scripts::{ADOPT, NACK_LUA, TAKE};
 use super::{base_key, job, Taken, Waiting};
 use crate::connection::transport_error;
 use crate::pubsub::decode;
@@ -102,7 +102,6 @@ async fn take_now(
         .min(bus.config.outage_wait);
     let conn = bus.link.get(wait).await?;
     let mut c = conn.conn.clone();
-    let settled = bus.queues.acks.drain(base, MAX_SETTLED_PER_TAKE);
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(TAKE.get_hash())
         .arg(1)
@@ -115,13 +114,10 @@ async fn take_now(
                 .now(base)
                 .map_or(0, |now| now + terms.visibility_ms),
         );
-    for id in &settled {
-        cmd.arg(&id[..]);
-    }
     let reply: Reply = Box::pin(async move {
         match cmd.query_async::<Value>(&mut c).await {
             // Not loaded (first use, restart, SCRIPT FLUSH): the script did
-            // not run at all, settlements included; load it and run it again.
+            // not run at all; load it and run it again.
             Err(err)
                 if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
@@ -141,13 +137,6 @@ async fn take_now(
         None => unreachable!("set just above"),
     };
     pending.reply = None;
-    if result.is_err() {
-        // Settling twice does no harm, while a settlement lost with the
-        // connection would deliver its item again.
-        for id in &settled {
-            settle_soon(bus, base, id);
-        }
-    }
     Ok(match conn.check(result)? {
         Value::Nil | Value::Boolean(false) => Took::Empty,
         value => match parse_taken(bus, base, value) {
@@ -419,7 +408,7 @@ fn parse_taken(bus: &Arc<Shared>, base: &str, value: Value) -> Option<Taken> {
         }),
         None => {
             // Only a valid envelope has a meaningful id: drop by the raw id bytes.
-            settle_soon(bus, base, &element.id);
+            drop_in_flight(bus, base, &element.id);
             None
         }
     }
