@@ -42,7 +42,7 @@
 use super::element::Element;
 use super::pop::read_pop;
 use super::scripts::{CLOSE_LANE_LUA, REGISTER_LANE_LUA};
-use super::Waiting;
+use super::{finish_in_task, Waiting};
 use crate::connection::{transport_error, Blocking};
 use crate::pubsub::decode;
 use crate::Shared;
@@ -664,27 +664,28 @@ impl Drop for Abandoned<'_> {
         let Some(pending) = self.pending.take() else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!("a get was abandoned without a runtime; its lane comes back when its registration lapses");
-            return;
-        };
-        let (bus, base, client_id) = (self.bus.clone(), self.base.to_owned(), self.client_id);
-        runtime.spawn(async move {
-            let _waiting = Waiting::enter(&bus, &base);
-            // Ended at once: the caller has left.
-            let stop = std::future::ready(());
-            let end = read_pop(&bus, &base, client_id, pending, Duration::ZERO, stop).await;
-            let Some((mut lane, _unblocked, reply)) = end.reply else {
-                return;
-            };
-            if let Ok(elements) = reply.map_err(transport_error).and_then(elements) {
-                lane.settled += elements.len();
-                lane.returns.extend(elements);
-            }
-            // Unblocked: not reused; closing pushes back what it brought and
-            // trims (a failed lane's whole list comes back).
-            close_later(&bus, &base, lane);
-        });
+        let client_id = self.client_id;
+        let otherwise = "its lane comes back when its registration lapses";
+        finish_in_task(
+            self.bus,
+            self.base,
+            otherwise,
+            move |bus, base| async move {
+                // Ended at once: the caller has left.
+                let stop = std::future::ready(());
+                let end = read_pop(&bus, &base, client_id, pending, Duration::ZERO, stop).await;
+                let Some((mut lane, _unblocked, reply)) = end.reply else {
+                    return;
+                };
+                if let Ok(elements) = reply.map_err(transport_error).and_then(elements) {
+                    lane.settled += elements.len();
+                    lane.returns.extend(elements);
+                }
+                // Unblocked: not reused; closing pushes back what it brought and
+                // trims (a failed lane's whole list comes back).
+                close_later(&bus, &base, lane);
+            },
+        );
     }
 }
 

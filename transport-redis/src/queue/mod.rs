@@ -199,6 +199,33 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Runs `finish` in a task of its own, for work a caller that left must not
+/// leave undone (reading a reply, to put back the item it brings); shutdown
+/// waits for it. Without a runtime (a future dropped as its runtime shuts
+/// down) it cannot run, and `otherwise` says what becomes of the item.
+fn finish_in_task<F>(
+    bus: &Arc<Shared>,
+    base: &str,
+    otherwise: &'static str,
+    finish: impl FnOnce(Arc<Shared>, String) -> F,
+) where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::debug!(
+            otherwise,
+            "a queue operation was abandoned without a runtime"
+        );
+        return;
+    };
+    let work = finish(bus.clone(), base.to_owned());
+    let (bus, base) = (bus.clone(), base.to_owned());
+    runtime.spawn(async move {
+        let _waiting = Waiting::enter(&bus, &base);
+        work.await;
+    });
+}
+
 /// A writer job for the node of queue `base` (the one its pops block on).
 fn job(base: &str, cmds: impl Into<Box<[redis::Cmd]>>) -> Job {
     Job::Commands {

@@ -5,7 +5,7 @@ use super::ack::drop_in_flight;
 use super::element::Element;
 use super::pop::read_pop;
 use super::scripts::{ADOPT, NACK_LUA, TAKE};
-use super::{base_key, job, Taken, Waiting};
+use super::{base_key, finish_in_task, job, Taken, Waiting};
 use crate::connection::transport_error;
 use crate::pubsub::decode;
 use crate::Shared;
@@ -161,14 +161,8 @@ impl Drop for PendingTake<'_> {
         let Some(reply) = self.reply.take() else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!("a take was abandoned without a runtime; its item comes back after its visibility timeout");
-            return;
-        };
-        let (bus, base) = (self.bus.clone(), self.base.to_owned());
-        runtime.spawn(async move {
-            // Shutdown waits for this put-back before its last flush.
-            let _waiting = Waiting::enter(&bus, &base);
+        let otherwise = "its item comes back after its visibility timeout";
+        finish_in_task(self.bus, self.base, otherwise, |bus, base| async move {
             if let Ok(Value::BulkString(item)) = reply.await {
                 let element = Element::parse(item.into());
                 put_back_id(&bus, &base, &element.id).await;

@@ -300,8 +300,9 @@ pub(crate) async fn cancelled_blocking_get_does_not_eat_the_next_item(target: &i
     }
 }
 
-/// Gets dropped after a few polls, while their take is on its way to Redis or
-/// back, with items waiting: every item not returned by a get is back at once.
+/// Gets and receives dropped after a few polls, while their take is on its
+/// way to Redis or back, with items waiting: every item not returned to a
+/// caller is back at once.
 pub(crate) async fn abandoned_gets_put_items_back_at_once(target: &impl Target) {
     const N: u32 = 300;
     let url = target.url();
@@ -313,9 +314,25 @@ pub(crate) async fn abandoned_gets_put_items_back_at_once(target: &impl Target) 
     }
     let mut seen = HashSet::new();
     for i in 0..N {
-        let mut get = std::pin::pin!(q.get(Duration::from_secs(5)));
+        // Odd rounds receive (a TAKE in flight), even rounds get (a lane).
+        let receive = i % 2 == 1;
+        let mut take = std::pin::pin!(async {
+            if receive {
+                let delivery = q.receive(Duration::from_secs(5)).await?;
+                match delivery {
+                    Some(delivery) => {
+                        let item = *delivery;
+                        delivery.ack().await?;
+                        Ok(Some(item))
+                    }
+                    None => Ok(None),
+                }
+            } else {
+                q.get(Duration::from_secs(5)).await
+            }
+        });
         for _ in 0..i % 5 {
-            if let std::task::Poll::Ready(got) = futures::poll!(get.as_mut()) {
+            if let std::task::Poll::Ready(got) = futures::poll!(take.as_mut()) {
                 if let Some(item) = got.unwrap() {
                     assert!(seen.insert(item), "item {item} twice");
                 }
