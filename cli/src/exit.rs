@@ -27,6 +27,7 @@ pub(crate) const KIND_CODES: &[(&str, u8)] = &[
     ("transport", 19),
     ("closed", 20),
     ("unsupported", 21),
+    ("interrupted", 22),
 ];
 
 /// The exit code for an error kind (`timeout`, `remote`, ...).
@@ -164,6 +165,45 @@ mod tests {
         codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), count);
+    }
+
+    #[test]
+    fn every_error_kind_has_a_code_of_its_own() {
+        let errors = [
+            Error::InvalidName {
+                name: "x".into(),
+                reason: "r",
+            },
+            Error::InvalidUrl {
+                url: "x".into(),
+                reason: "r".into(),
+            },
+            Error::NoResponders { method: "m".into() },
+            Error::Timeout,
+            Error::Remote {
+                kind: "k".into(),
+                message: "m".into(),
+            },
+            Error::codec("c"),
+            Error::Malformed("m".into()),
+            Error::TooLarge { size: 2, limit: 1 },
+            Error::Lagged { missed: 1 },
+            Error::Interrupted,
+            Error::transport("t"),
+            Error::Closed,
+            Error::Unsupported {
+                transport: "t",
+                operation: "o",
+            },
+        ];
+        for err in errors {
+            assert_ne!(
+                code_of_kind(err.kind()),
+                OTHER,
+                "{} has no exit code",
+                err.kind()
+            );
+        }
     }
 
     #[test]
