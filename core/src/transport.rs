@@ -120,8 +120,8 @@ impl RawSubscription {
     }
 
     /// Passes every message through `f` before it is yielded: `Some` delivers the
-    /// (possibly changed) envelope, `None` drops it. [`Incoming::Lagged`] notices
-    /// pass unchanged. A layer (such as [`security`](crate::security)) uses this
+    /// (possibly changed) envelope, `None` drops it. Notices
+    /// ([`Incoming::Lagged`], [`Incoming::Interrupted`]) pass unchanged. A layer (such as [`security`](crate::security)) uses this
     /// to verify or transform what a transport delivers; filters added later run
     /// after earlier ones.
     pub fn filter_map_messages(
