@@ -6,6 +6,7 @@ use super::element::Element;
 use super::pop::read_pop;
 use super::scripts::{ADOPT, NACK_LUA, TAKE};
 use super::{base_key, finish_in_task, job, Taken, Waiting};
+use crate::command::{run_script, script_command};
 use crate::connection::transport_error;
 use crate::pubsub::decode;
 use crate::Shared;
@@ -89,7 +90,7 @@ pub(super) async fn take(
 /// A reply from Redis that must be read even if its caller leaves.
 type Reply = std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<Value>> + Send>>;
 
-/// Runs [`TAKE`], carrying the acknowledgements of earlier gets.
+/// Runs [`TAKE`]: takes a waiting item into flight, if there is one.
 async fn take_now(
     bus: &Arc<Shared>,
     base: &str,
@@ -102,10 +103,8 @@ async fn take_now(
         .min(bus.config.outage_wait);
     let conn = bus.link.get(wait).await?;
     let mut c = conn.conn.clone();
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(TAKE.get_hash())
-        .arg(1)
-        .arg(base)
+    let mut cmd = script_command(&TAKE, 1, 2, base.len() + 40);
+    cmd.arg(base)
         .arg(terms.visibility_ms)
         // Saves the script a TIME call, which costs as much as a quarter of the rest.
         .arg(
@@ -114,19 +113,7 @@ async fn take_now(
                 .now(base)
                 .map_or(0, |now| now + terms.visibility_ms),
         );
-    let reply: Reply = Box::pin(async move {
-        match cmd.query_async::<Value>(&mut c).await {
-            // Not loaded (first use, restart, SCRIPT FLUSH): the script did
-            // not run at all; load it and run it again.
-            Err(err)
-                if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                TAKE.load_async(&mut c).await?;
-                cmd.query_async::<Value>(&mut c).await
-            }
-            other => other,
-        }
-    });
+    let reply: Reply = Box::pin(async move { run_script::<Value>(&mut c, &TAKE, &cmd).await });
     let mut pending = PendingTake {
         bus,
         base,
