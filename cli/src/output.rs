@@ -52,6 +52,7 @@ pub(crate) fn stats_json(s: &StatsSnapshot) -> Value {
         "enqueued": s.enqueued,
         "dequeued": s.dequeued,
         "redelivered": s.redelivered,
+        "dead_lettered": s.dead_lettered,
         "rpc_calls": s.rpc_calls,
         "rpc_errors": s.rpc_errors,
         "rpc_timeouts": s.rpc_timeouts,

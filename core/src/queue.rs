@@ -10,7 +10,7 @@ use crate::stats::Stats;
 use crate::transport::RawDelivery;
 use serde::Serialize;
 use std::marker::PhantomData;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// Default time an acknowledged delivery may stay unacknowledged before it is
@@ -19,8 +19,11 @@ pub const DEFAULT_VISIBILITY: Duration = Duration::from_secs(30);
 
 /// A named work queue of `T`. Each item goes to exactly one consumer.
 ///
-/// Items that do not decode as `T` are not lost: they move to the dead-letter
-/// queue `_dead.<name>` and the call returns [`Error::Codec`].
+/// Items that do not decode as `T` are not lost, and do not stop a consumer:
+/// [`get`](Queue::get) and [`receive`](Queue::receive) move each one to the
+/// dead-letter queue `_dead.<name>` (with the decode error in a `busbar-error`
+/// header), count it in [`Stats::dead_lettered`], log it at `warn`, and go on
+/// waiting for the next item within the same timeout.
 pub struct Queue<T> {
     bus: Bus,
     name: Name,
@@ -94,18 +97,28 @@ impl<T: Serialize> Queue<T> {
 /// Taking items needs only decoding, so a `Queue<Message>` reads items raw.
 impl<T: FromEnvelope> Queue<T> {
     /// Takes the next item, waiting up to `timeout`; `Ok(None)` if none came.
+    ///
+    /// An item that does not decode as `T` is moved to `_dead.<name>` and
+    /// skipped (see [`Queue`]); the wait goes on for the time left.
     pub async fn get(&self, timeout: Duration) -> Result<Option<T>> {
         let transport = self.bus.transport_checked()?;
-        let span = tracing::debug_span!("busbar.queue.get", queue = %self.name);
-        match transport
-            .queue_get(&self.name, timeout)
-            .instrument(span)
-            .await?
-        {
-            None => Ok(None),
-            Some(envelope) => {
-                Stats::incr(&transport.stats().dequeued);
-                self.decode_or_dead_letter(envelope).await.map(Some)
+        let deadline = Deadline::after(timeout);
+        loop {
+            let span = tracing::debug_span!("busbar.queue.get", queue = %self.name);
+            let left = deadline.left();
+            let Some(envelope) = transport
+                .queue_get(&self.name, left)
+                .instrument(span)
+                .await?
+            else {
+                return Ok(None);
+            };
+            Stats::incr(&transport.stats().dequeued);
+            match T::from_envelope(envelope.clone()) {
+                Ok(value) => return Ok(Some(value)),
+                // A plain get already took the item: if it cannot be dead-lettered
+                // the caller must hear of it, so that error is returned.
+                Err(err) => self.dead_letter(envelope, &err).await?,
             }
         }
     }
@@ -113,38 +126,34 @@ impl<T: FromEnvelope> Queue<T> {
     /// Takes the next item for acknowledged processing, waiting up to `timeout`.
     ///
     /// The item comes back to the queue if the [`Delivery`] is nacked, dropped
-    /// unacknowledged, or not acknowledged within the visibility timeout.
+    /// unacknowledged, or not acknowledged within the visibility timeout. An
+    /// item that does not decode as `T` is moved to `_dead.<name>`, acknowledged
+    /// and skipped (see [`Queue`]); the wait goes on for the time left.
     pub async fn receive(&self, timeout: Duration) -> Result<Option<Delivery<T>>> {
         let transport = self.bus.transport_checked()?;
-        let span = tracing::debug_span!("busbar.queue.receive", queue = %self.name);
-        let Some(raw) = transport
-            .queue_receive(&self.name, timeout, self.visibility)
-            .instrument(span)
-            .await?
-        else {
-            return Ok(None);
-        };
-        Stats::incr(&transport.stats().dequeued);
-        if raw.attempt() > 1 {
-            Stats::incr(&transport.stats().redelivered);
-        }
-        match T::from_envelope(raw.envelope().clone()) {
-            Ok(value) => Ok(Some(Delivery { value, raw })),
-            Err(err) => {
-                let envelope = raw.envelope().clone();
-                self.dead_letter(envelope, &err).await?;
-                raw.ack().await?;
-                Err(err)
+        let deadline = Deadline::after(timeout);
+        loop {
+            let span = tracing::debug_span!("busbar.queue.receive", queue = %self.name);
+            let left = deadline.left();
+            let Some(raw) = transport
+                .queue_receive(&self.name, left, self.visibility)
+                .instrument(span)
+                .await?
+            else {
+                return Ok(None);
+            };
+            Stats::incr(&transport.stats().dequeued);
+            if raw.attempt() > 1 {
+                Stats::incr(&transport.stats().redelivered);
             }
-        }
-    }
-
-    async fn decode_or_dead_letter(&self, envelope: Envelope) -> Result<T> {
-        match T::from_envelope(envelope.clone()) {
-            Ok(value) => Ok(value),
-            Err(err) => {
-                self.dead_letter(envelope, &err).await?;
-                Err(err)
+            match T::from_envelope(raw.envelope().clone()) {
+                Ok(value) => return Ok(Some(Delivery { value, raw })),
+                Err(err) => {
+                    // Acked only once the dead letter is stored: if storing it
+                    // fails, the item comes back after its visibility timeout.
+                    self.dead_letter(raw.envelope().clone(), &err).await?;
+                    raw.ack().await?;
+                }
             }
         }
     }
@@ -153,12 +162,36 @@ impl<T: FromEnvelope> Queue<T> {
         let transport = self.bus.transport_checked()?;
         Stats::incr(&transport.stats().decode_errors);
         let dead = Name::new(&format!("_dead.{}", self.name))?;
-        tracing::warn!(queue = %self.name, %dead, %err, "undecodable queue item moved to the dead-letter queue");
-        envelope.subject = dead;
+        envelope.subject = dead.clone();
         envelope
             .headers
             .push(("busbar-error".into(), err.to_string()));
-        transport.queue_put(envelope).await
+        transport.queue_put(envelope).await?;
+        Stats::incr(&transport.stats().dead_lettered);
+        tracing::warn!(queue = %self.name, %dead, %err, "undecodable queue item moved to the dead-letter queue");
+        Ok(())
+    }
+}
+
+/// The end of a wait that may span several takes (items skipped as dead letters).
+struct Deadline {
+    /// `None` when `timeout` reaches past what `Instant` can hold: wait without end.
+    at: Option<Instant>,
+    timeout: Duration,
+}
+
+impl Deadline {
+    fn after(timeout: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now().checked_add(timeout),
+            timeout,
+        }
+    }
+
+    fn left(&self) -> Duration {
+        self.at.map_or(self.timeout, |at| {
+            at.saturating_duration_since(Instant::now())
+        })
     }
 }
 

@@ -50,6 +50,9 @@ counters!(
     dequeued,
     /// Queue items delivered again after a nack, a lost consumer or a visibility timeout.
     redelivered,
+    /// Queue items moved to their dead-letter queue `_dead.<queue>` because they
+    /// did not decode; the consumer skipped them and went on.
+    dead_lettered,
     /// RPC calls made.
     rpc_calls,
     /// RPC calls that ended in an error other than a timeout.

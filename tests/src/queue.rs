@@ -538,9 +538,9 @@ pub async fn unacked_item_comes_back_after_visibility_timeout(h: Harness) {
     drop(held);
 }
 
-/// An item that does not decode as the queue's type makes `get` return
-/// `Err(Codec)`; it moves to `_dead.<queue>` (readable there raw, with the
-/// error in a header), and the next good item still comes out.
+/// An item that does not decode as the queue's type does not stop a consumer:
+/// `get` moves it to `_dead.<queue>` (readable there raw, with the error in a
+/// header), counts it, and returns the next good item within the same wait.
 pub async fn undecodable_queue_item_goes_to_dead_letter_on_get(h: Harness) {
     let name = h.name("typed");
     let bus = h.bus().await;
@@ -550,16 +550,22 @@ pub async fn undecodable_queue_item_goes_to_dead_letter_on_get(h: Harness) {
     let strings = ok("queue", h.bus().await.queue::<String>(&name));
     ok("put", strings.put(&"not a point".to_owned()).await);
     ok("put", points.put(&Point { x: 2, y: 3 }).await);
-    match within("the bad item", points.get(WAIT)).await {
-        Err(Error::Codec(_)) => {}
-        other => panic!("an item of the wrong type must be Err(Codec), got {other:?}"),
+    let before = bus.stats().dead_lettered;
+    match within("the good item", points.get(WAIT)).await {
+        Ok(Some(point)) => assert_eq!(point, Point { x: 2, y: 3 }),
+        other => panic!("get must skip the bad item and return the good one, got {other:?}"),
     }
-    assert_eq!(take("the good item", &points).await, Point { x: 2, y: 3 });
+    assert_eq!(
+        bus.stats().dead_lettered - before,
+        1,
+        "the skipped item is counted"
+    );
     check_dead_letter(&bus, &name, "not a point").await;
 }
 
-/// The same for acknowledged receive: `Err(Codec)`, the item moves to
-/// `_dead.<queue>` and is not redelivered on the queue itself.
+/// The same for acknowledged receive: the bad item moves to `_dead.<queue>`,
+/// is not redelivered on the queue itself, and `receive` returns the next good
+/// item, or `Ok(None)` at its timeout when only bad items came.
 pub async fn undecodable_queue_item_goes_to_dead_letter_on_receive(h: Harness) {
     let name = h.name("typed");
     let bus = h.bus().await;
@@ -569,11 +575,18 @@ pub async fn undecodable_queue_item_goes_to_dead_letter_on_receive(h: Harness) {
     let points = points.visibility_timeout(Duration::from_millis(300));
     let strings = ok("queue", h.bus().await.queue::<String>(&name));
     ok("put", strings.put(&"not a point".to_owned()).await);
-    match within("the bad item", points.receive(WAIT)).await {
-        Err(Error::Codec(_)) => {}
-        other => panic!("an item of the wrong type must be Err(Codec), got {other:?}"),
+    let before = bus.stats().dead_lettered;
+    match within("the wait", points.receive(Duration::from_millis(200))).await {
+        Ok(None) => {}
+        other => panic!("a queue holding only a bad item must give Ok(None), got {other:?}"),
     }
+    assert_eq!(
+        bus.stats().dead_lettered - before,
+        1,
+        "the skipped item is counted"
+    );
     check_dead_letter(&bus, &name, "not a point").await;
+    ok("put", strings.put(&"still not a point".to_owned()).await);
     ok("put", points.put(&Point { x: 4, y: 5 }).await);
     let good = ok(
         "receive",
@@ -583,9 +596,10 @@ pub async fn undecodable_queue_item_goes_to_dead_letter_on_receive(h: Harness) {
     assert_eq!(
         *good,
         Point { x: 4, y: 5 },
-        "the bad item must not come back after its visibility"
+        "receive must skip the bad item and return the good one"
     );
     ok("ack", good.ack().await);
+    check_dead_letter(&bus, &name, "still not a point").await;
 }
 
 /// The dead-letter queue of `queue` holds exactly one raw item whose payload is

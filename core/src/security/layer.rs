@@ -174,8 +174,9 @@ impl Secured {
         item.subject = dead;
         item.headers
             .push((REJECTED_HEADER.to_owned(), why.as_str().to_owned()));
-        if let Err(err) = self.inner.queue_put(item).await {
-            tracing::warn!(%queue, %err, "could not dead-letter a refused queue item");
+        match self.inner.queue_put(item).await {
+            Ok(()) => Stats::incr(&self.shared.stats.dead_lettered),
+            Err(err) => tracing::warn!(%queue, %err, "could not dead-letter a refused queue item"),
         }
     }
 }
