@@ -82,7 +82,9 @@ pub(crate) struct SubArgs {
     /// Exit after N events (default: until interrupted).
     #[arg(long, short = 'n')]
     pub(crate) count: Option<u64>,
-    /// How many events may wait unread before the oldest are dropped (and reported).
+    /// How many events may wait unread. When that many wait, newer events are
+    /// dropped (the waiting ones are kept and printed), and how many were missed
+    /// is printed on stderr where the gap is.
     #[arg(long, default_value_t = 4096)]
     pub(crate) buffer: usize,
     /// How to reach the bus.

@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{run, scenarios, BrokerProcess};
+use common::{run, run_with_input, scenarios, BrokerProcess};
+use std::time::{Duration, Instant};
 
 #[test]
 fn broker_prints_its_url_and_stats_and_stops_on_interrupt() {
@@ -107,4 +108,72 @@ fn no_broker_is_a_transport_error() {
         "{failed:?}"
     );
     assert!(failed.stderr.contains("[transport]"), "{failed:?}");
+}
+
+/// `sub --buffer N` behind a stalled stdout keeps what it buffered and drops
+/// the newer events, reporting how many it missed: what it prints is a prefix
+/// of what was published, at least N long, and printed + missed = published.
+#[test]
+fn a_full_sub_buffer_drops_the_newest() {
+    const PUBLISHED: usize = 5_000;
+    const BUFFER: usize = 1_000;
+    let broker = BrokerProcess::start();
+    let topic = common::unique("lag");
+    let buffer = BUFFER.to_string();
+    // Fat lines, so the stalled pipe holds far fewer events than the buffer.
+    let mut sub = common::Running::start_holding_stdout(
+        &["sub", &topic, "--buffer", &buffer, "--url", &broker.url],
+        &[],
+    );
+    sub.wait_stderr("ready");
+    let pad = "x".repeat(400);
+    let input: String = (0..PUBLISHED)
+        .map(|seq| format!("{{\"seq\":{seq},\"pad\":\"{pad}\"}}\n"))
+        .collect();
+    run_with_input(&["pub", &topic, "--url", &broker.url], &input).expect_ok();
+
+    sub.release_stdout();
+    let mut printed: Vec<u64> = Vec::new();
+    let mut missed = 0usize;
+    let deadline = Instant::now() + common::DEADLINE;
+    while printed.len() + missed < PUBLISHED {
+        assert!(
+            Instant::now() < deadline,
+            "printed {} and missed {missed} of {PUBLISHED}; stderr {:?}",
+            printed.len(),
+            sub.stderr_seen
+        );
+        for line in sub.new_stderr_lines() {
+            if let Some(n) = line
+                .split_once("the next ")
+                .and_then(|(_, rest)| rest.split(' ').next())
+            {
+                missed += n.parse::<usize>().unwrap_or_else(|e| panic!("{line}: {e}"));
+            }
+        }
+        if let Some(line) = sub.next_line_within(Duration::from_millis(100)) {
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+            printed.push(event["payload"]["seq"].as_u64().unwrap());
+        }
+    }
+    assert!(
+        missed > 0,
+        "nothing was dropped: the test did not stall the sub"
+    );
+    assert!(
+        printed.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {printed:?}"
+    );
+    // The buffered events were kept: the first run is contiguous from 0 and
+    // holds at least the buffer (plus what the stalled pipe took).
+    let run = printed
+        .iter()
+        .enumerate()
+        .take_while(|(i, seq)| **seq == *i as u64)
+        .count();
+    assert!(
+        run >= BUFFER,
+        "only the first {run} events were kept before the gap (buffer {BUFFER}): \
+         older events were dropped for newer ones"
+    );
 }

@@ -95,7 +95,7 @@ pub(crate) async fn subscribe(args: SubArgs) -> CmdResult {
                 }
                 Some(Err(Error::Lagged { missed })) => {
                     status(&format!(
-                        "warning: fell behind and missed {missed} events (raise --buffer)"
+                        "warning: fell behind: the next {missed} events were dropped (raise --buffer)"
                     ));
                 }
                 Some(Err(Error::Interrupted)) => status(
