@@ -97,7 +97,8 @@ pub(crate) struct SubArgs {
 pub(crate) struct CallArgs {
     /// The method, e.g. inventory.reserve.
     pub(crate) method: String,
-    /// The request as JSON (default: null).
+    /// The request as JSON (default: null); `-` reads it from stdin, whole
+    /// (any layout, up to 16 MiB), for requests too large for an argument.
     pub(crate) json: Option<String>,
     /// Call every provider and print one line per answer: {"ok": ..} or {"error": ..}.
     #[arg(long)]

@@ -177,3 +177,22 @@ fn a_full_sub_buffer_drops_the_newest() {
          older events were dropped for newer ones"
     );
 }
+
+/// `call METHOD -` reads the request from stdin, so a request far over what an
+/// argument can carry (about 128 KB) goes through whole.
+#[test]
+fn call_reads_a_large_request_from_stdin() {
+    let broker = BrokerProcess::start();
+    let method = common::unique("big.echo");
+    let _echo = common::Running::start(&["serve", &method, "--echo", "--url", &broker.url]).ready();
+    let blob: String = (0..300_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let request = serde_json::json!({ "blob": blob, "tail": [1, 2, 3] });
+    // Pretty-printed, over several lines: stdin is one JSON value, not lines.
+    let text = serde_json::to_string_pretty(&request).unwrap();
+    assert!(text.len() > 300_000);
+    let answer = run_with_input(&["call", &method, "-", "--url", &broker.url], &text);
+    answer.expect_ok();
+    assert_eq!(answer.json_lines(), vec![request]);
+}

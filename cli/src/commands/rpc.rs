@@ -3,7 +3,7 @@
 use super::{connect, finish, interrupted};
 use crate::cli::{CallArgs, ServeArgs};
 use crate::exit::{CmdResult, Context, Failure};
-use crate::input::parse_json;
+use crate::input::{parse_json, read_stdin_json};
 use crate::output::{print_json, status};
 use busbar::{redact_url, Error, Fault, Name};
 use serde_json::{json, Value};
@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 
 /// Calls a method and prints the answer; with `--all`, one line per provider.
 pub(crate) async fn call(args: CallArgs) -> CmdResult {
-    let request = match &args.json {
+    let request = match args.json.as_deref() {
+        Some("-") => read_stdin_json("the request").await?,
         Some(text) => parse_json(text, "the JSON argument")?,
         None => Value::Null,
     };
