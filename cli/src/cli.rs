@@ -122,7 +122,9 @@ pub(crate) struct ServeArgs {
     pub(crate) echo: bool,
     /// Run `sh -c CMD` per request: the request JSON on its stdin, its stdout is the
     /// answer (JSON, or else a string). A non-zero exit is an error for the caller,
-    /// of kind `exit_status`, carrying the command's stderr.
+    /// of kind `exit_status`, carrying the command's stderr. A command still
+    /// running at the caller's deadline, or when serve stops, is killed with
+    /// every process it started (its process group). Failures are printed on stderr.
     #[arg(long, value_name = "CMD")]
     pub(crate) exec: Option<String>,
     /// Exit after answering N requests (default: until interrupted).

@@ -196,3 +196,85 @@ fn call_reads_a_large_request_from_stdin() {
     answer.expect_ok();
     assert_eq!(answer.json_lines(), vec![request]);
 }
+
+/// Whether `pid` is still running (a zombie waiting for its parent is not).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Polls `done` until it holds, failing after [`common::DEADLINE`].
+#[track_caller]
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + common::DEADLINE;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {:?}",
+            common::DEADLINE
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pids written to `path` so far, one a line.
+fn pids(path: &std::path::Path) -> Vec<u32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// `serve --exec` kills the whole process tree of a command still running at
+/// the caller's deadline, and of every running command when it is interrupted.
+#[test]
+fn serve_exec_kills_hung_commands_at_the_deadline_and_on_interrupt() {
+    let broker = BrokerProcess::start();
+    let method = common::unique("hang.forever");
+    let dir = std::env::temp_dir().join(common::unique("busbar-exec"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pids");
+    // Three processes per call: the shell, a shell it starts, and that shell's
+    // background sleep; each writes its pid, then they wait forever.
+    let command = r#"echo $$ >> "$PIDS_FILE"; sh -c 'sleep 300 & echo $! >> "$PIDS_FILE"; echo $$ >> "$PIDS_FILE"; wait'; wait"#;
+    let mut serve = common::Running::start_with_env(
+        &["serve", &method, "--exec", command, "--url", &broker.url],
+        &[("PIDS_FILE", file.to_str().unwrap())],
+    );
+    serve.wait_stderr("ready");
+
+    let timed_out = run(&["call", &method, "--timeout", "1s", "--url", &broker.url]);
+    timed_out.expect_code(13);
+    wait_until("the first call's processes started", || {
+        pids(&file).len() == 3
+    });
+    let first = pids(&file);
+    wait_until("the first call's processes were killed", || {
+        !first.iter().any(|&pid| running(pid))
+    });
+    serve.wait_stderr("deadline");
+
+    let mut call =
+        common::Running::start(&["call", &method, "--timeout", "60s", "--url", &broker.url]);
+    wait_until("the second call's processes started", || {
+        pids(&file).len() == 6
+    });
+    let second = pids(&file)[3..].to_vec();
+    assert!(second.iter().all(|&pid| running(pid)), "{second:?}");
+    let (code, stderr) = serve.interrupt();
+    assert_eq!(code, Some(0), "{stderr:?}");
+    assert!(
+        !second.iter().any(|&pid| running(pid)),
+        "still running after serve exited: {second:?}"
+    );
+    // The caller was answered, not left to its deadline.
+    call.wait_stderr("when the server stopped");
+    let (code, _) = call.wait_exit();
+    assert_eq!(code, Some(14));
+    let _ = std::fs::remove_dir_all(&dir);
+}
