@@ -22,6 +22,11 @@ pub(crate) enum Command {
     /// Publish JSON events on a topic (from the argument, or one per line on stdin).
     Pub(PubArgs),
     /// Print every event matching a pattern as one JSON line {topic, headers, payload}.
+    ///
+    /// Each line is {"topic": .., "headers": [[key, value], ..], "payload": ..}:
+    /// every header in order, repeats included; the payload as its own JSON text
+    /// when it is JSON, else "payload_base64" with its exact bytes (and
+    /// "content_type" when that is not application/json).
     Sub(SubArgs),
     /// Call an RPC method and print its answer (or every provider's with --all).
     Call(CallArgs),

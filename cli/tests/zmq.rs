@@ -278,3 +278,93 @@ fn serve_exec_kills_hung_commands_at_the_deadline_and_on_interrupt() {
     assert_eq!(code, Some(14));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `sub` prints every header, repeats included, and every payload exactly:
+/// JSON as its own text (compacted), anything else as base64.
+#[test]
+fn sub_prints_repeated_headers_and_exact_payloads() {
+    use busbar::{Bus, ContentType, Envelope, Kind, Name};
+
+    let broker = BrokerProcess::start();
+    let base = common::unique("exact");
+    let pattern = format!("{base}.*");
+    let mut sub =
+        common::Running::start(&["sub", &pattern, "--count", "3", "--url", &broker.url]).ready();
+
+    run(&[
+        "pub",
+        &format!("{base}.cli"),
+        "{\"n\":1}",
+        "-H",
+        "a=1",
+        "-H",
+        "a=2",
+        "-H",
+        "b=x",
+        "--url",
+        &broker.url,
+    ])
+    .expect_ok();
+
+    // Raw envelopes from the Rust API: bytes that are not UTF-8 (with a
+    // newline), and JSON whose number is beyond f64 and which spans lines.
+    let binary: &[u8] = &[0x00, 0xff, 0xfe, b'\n', b'{', 0x80];
+    let json_text = "{\"big\": 123456789012345678901234567890,\n \"s\": \"x\\ny\"}";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let bus = Bus::connect(&broker.url).await.unwrap();
+        let raw = |topic: &str, content_type: ContentType, payload: &[u8]| {
+            let mut envelope = Envelope::new(
+                Kind::Event,
+                Name::new(&format!("{base}.{topic}")).unwrap(),
+                content_type,
+                bytes::Bytes::copy_from_slice(payload),
+            );
+            envelope.headers = vec![("k".into(), "v1".into()), ("k".into(), "v2".into())];
+            envelope
+        };
+        let transport = bus.transport();
+        let octets = ContentType::new("application/octet-stream");
+        transport.publish(raw("bin", octets, binary)).await.unwrap();
+        transport
+            .publish(raw("json", ContentType::JSON, json_text.as_bytes()))
+            .await
+            .unwrap();
+        bus.shutdown().await.unwrap();
+    });
+
+    let lines: Vec<String> = (0..3).map(|_| sub.next_line()).collect();
+    let find = |topic: &str| {
+        let topic = format!("\"topic\":\"{base}.{topic}\"");
+        lines
+            .iter()
+            .find(|l| l.contains(&topic))
+            .unwrap_or_else(|| panic!("no {topic} in {lines:?}"))
+            .clone()
+    };
+    let cli: serde_json::Value = serde_json::from_str(&find("cli")).unwrap();
+    assert_eq!(
+        cli["headers"],
+        serde_json::json!([["a", "1"], ["a", "2"], ["b", "x"]])
+    );
+    assert_eq!(cli["payload"], serde_json::json!({"n": 1}));
+
+    let bin: serde_json::Value = serde_json::from_str(&find("bin")).unwrap();
+    assert_eq!(
+        bin["headers"],
+        serde_json::json!([["k", "v1"], ["k", "v2"]])
+    );
+    assert_eq!(bin["content_type"], "application/octet-stream");
+    assert!(bin.get("payload").is_none(), "{bin}");
+    // base64 of 00 ff fe 0a 7b 80
+    assert_eq!(bin["payload_base64"], "AP/+CnuA");
+
+    // The JSON text itself, on one line: the number keeps every digit.
+    let json = find("json");
+    assert!(
+        json.ends_with(r#""payload":{"big":123456789012345678901234567890,"s":"x\ny"}}"#),
+        "{json}"
+    );
+    let (code, stderr) = sub.wait_exit();
+    assert_eq!(code, Some(0), "{stderr:?}");
+}
