@@ -268,10 +268,10 @@ fn serve_exec_kills_hung_commands_at_the_deadline_and_on_interrupt() {
     assert!(second.iter().all(|&pid| running(pid)), "{second:?}");
     let (code, stderr) = serve.interrupt();
     assert_eq!(code, Some(0), "{stderr:?}");
-    assert!(
-        !second.iter().any(|&pid| running(pid)),
-        "still running after serve exited: {second:?}"
-    );
+    // Killed before serve exited; the kernel finishes them off at once.
+    wait_until("the second call's processes were killed", || {
+        !second.iter().any(|&pid| running(pid))
+    });
     // The caller was answered, not left to its deadline.
     call.wait_stderr("when the server stopped");
     let (code, _) = call.wait_exit();

@@ -5,7 +5,7 @@
 use crate::output::status;
 use async_trait::async_trait;
 use busbar::transport::Handler;
-use busbar::{codec, Envelope, Fault};
+use busbar::{codec, Envelope, Fault, Kind};
 use bytes::Bytes;
 use serde_json::Value;
 use std::process::{ExitStatus, Stdio};
@@ -90,6 +90,22 @@ impl Handler for ExecHandler {
         let value = outcome?;
         codec::encode(&value).map_err(|err| Fault::new("bad_response", err.to_string()))
     }
+
+    /// A command killed at the deadline is not answered: its caller has given
+    /// up, and an answer racing the caller's own timer would turn its
+    /// `timeout` into a `remote` error.
+    fn finish(&self, reply: Envelope) -> Option<Envelope> {
+        (!is_deadline_fault(&reply)).then_some(reply)
+    }
+}
+
+/// The kind of the fault answered for a command killed at its deadline.
+const DEADLINE_KIND: &str = "timeout";
+
+fn is_deadline_fault(reply: &Envelope) -> bool {
+    reply.kind == Kind::ErrorReply
+        && serde_json::from_slice::<Value>(&reply.payload)
+            .is_ok_and(|body| body["kind"] == DEADLINE_KIND)
 }
 
 /// Why a command did not run to its end.
@@ -148,7 +164,7 @@ impl ExecHandler {
                 let _ = child.wait().await;
                 group.reaped();
                 let (kind, when) = match cut {
-                    Cut::Deadline => ("timeout", "at the caller's deadline"),
+                    Cut::Deadline => (DEADLINE_KIND, "at the caller's deadline"),
                     Cut::Stopping => ("shutdown", "when the server stopped"),
                 };
                 Err(Fault::new(
@@ -284,7 +300,7 @@ fn answer(command: &str, status: ExitStatus, stdout: &[u8], stderr: &[u8]) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use busbar::{ContentType, Kind, Name};
+    use busbar::{ContentType, Name};
     use serde_json::json;
 
     fn handler(command: &str) -> (ExecHandler, ExecStopper, mpsc::UnboundedReceiver<()>) {
@@ -341,6 +357,12 @@ mod tests {
             .unwrap_err();
         assert_eq!(fault.kind, "timeout");
         assert_eq!(*handler.running.borrow(), 0);
+        // ... and not answered.
+        let request = request(&Value::Null, Some(Duration::from_millis(50)));
+        let reply = busbar::reply::error_reply(&request, fault);
+        assert!(handler.finish(reply).is_none());
+        let other = busbar::reply::error_reply(&request, Fault::new("exit_status", "x"));
+        assert!(handler.finish(other).is_some());
     }
 
     #[tokio::test]
