@@ -236,9 +236,8 @@ fn pids(path: &std::path::Path) -> Vec<u32> {
 fn serve_exec_kills_hung_commands_at_the_deadline_and_on_interrupt() {
     let broker = BrokerProcess::start();
     let method = common::unique("hang.forever");
-    let dir = std::env::temp_dir().join(common::unique("busbar-exec"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("pids");
+    let dir = TempDir::new("busbar-exec");
+    let file = dir.0.join("pids");
     // Three processes per call: the shell, a shell it starts, and that shell's
     // background sleep; each writes its pid, then they wait forever.
     let command = r#"echo $$ >> "$PIDS_FILE"; sh -c 'sleep 300 & echo $! >> "$PIDS_FILE"; echo $$ >> "$PIDS_FILE"; wait'; wait"#;
@@ -276,7 +275,23 @@ fn serve_exec_kills_hung_commands_at_the_deadline_and_on_interrupt() {
     call.wait_stderr("when the server stopped");
     let (code, _) = call.wait_exit();
     assert_eq!(code, Some(14));
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A directory of its own under the system's temp dir, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(common::unique(prefix));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// `sub` prints every header, repeats included, and every payload exactly:
