@@ -22,6 +22,11 @@ pub(crate) enum Command {
     /// Publish JSON events on a topic (from the argument, or one per line on stdin).
     Pub(PubArgs),
     /// Print every event matching a pattern as one JSON line {topic, headers, payload}.
+    ///
+    /// Each line is {"topic": .., "headers": [[key, value], ..], "payload": ..}:
+    /// every header in order, repeats included; the payload as its own JSON text
+    /// when it is JSON, else "payload_base64" with its exact bytes (and
+    /// "content_type" when that is not application/json).
     Sub(SubArgs),
     /// Call an RPC method and print its answer (or every provider's with --all).
     Call(CallArgs),
@@ -82,7 +87,9 @@ pub(crate) struct SubArgs {
     /// Exit after N events (default: until interrupted).
     #[arg(long, short = 'n')]
     pub(crate) count: Option<u64>,
-    /// How many events may wait unread before the oldest are dropped (and reported).
+    /// How many events may wait unread. When that many wait, newer events are
+    /// dropped (the waiting ones are kept and printed), and how many were missed
+    /// is printed on stderr where the gap is.
     #[arg(long, default_value_t = 4096)]
     pub(crate) buffer: usize,
     /// How to reach the bus.
@@ -95,7 +102,8 @@ pub(crate) struct SubArgs {
 pub(crate) struct CallArgs {
     /// The method, e.g. inventory.reserve.
     pub(crate) method: String,
-    /// The request as JSON (default: null).
+    /// The request as JSON (default: null); `-` reads it from stdin, whole
+    /// (any layout, up to 16 MiB), for requests too large for an argument.
     pub(crate) json: Option<String>,
     /// Call every provider and print one line per answer: {"ok": ..} or {"error": ..}.
     #[arg(long)]
@@ -119,7 +127,9 @@ pub(crate) struct ServeArgs {
     pub(crate) echo: bool,
     /// Run `sh -c CMD` per request: the request JSON on its stdin, its stdout is the
     /// answer (JSON, or else a string). A non-zero exit is an error for the caller,
-    /// of kind `exit_status`, carrying the command's stderr.
+    /// of kind `exit_status`, carrying the command's stderr. A command still
+    /// running at the caller's deadline, or when serve stops, is killed with
+    /// every process it started (its process group). Failures are printed on stderr.
     #[arg(long, value_name = "CMD")]
     pub(crate) exec: Option<String>,
     /// Exit after answering N requests (default: until interrupted).

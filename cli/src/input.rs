@@ -2,7 +2,7 @@
 
 use crate::exit::{CmdResult, Failure};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines, Stdin};
 
 /// Parses a JSON argument, naming `what` it is in the error.
 pub(crate) fn parse_json(text: &str, what: &str) -> CmdResult<Value> {
@@ -11,6 +11,36 @@ pub(crate) fn parse_json(text: &str, what: &str) -> CmdResult<Value> {
             "{what} is not valid JSON ({err}); quote strings, e.g. '\"text\"'"
         ))
     })
+}
+
+/// The most `read_stdin_json` reads: twice the largest payload, so a
+/// pretty-printed request that fits once compacted is still accepted.
+pub(crate) const MAX_STDIN_JSON: usize = 2 * busbar::DEFAULT_MAX_PAYLOAD;
+
+/// Reads the whole of stdin as one JSON value (any layout, several lines
+/// allowed), refusing more than [`MAX_STDIN_JSON`] bytes.
+pub(crate) async fn read_stdin_json(what: &str) -> CmdResult<Value> {
+    let mut text = Vec::new();
+    tokio::io::stdin()
+        .take(MAX_STDIN_JSON as u64 + 1)
+        .read_to_end(&mut text)
+        .await?;
+    if text.len() > MAX_STDIN_JSON {
+        return Err(Failure::BusContext(
+            format!("{what} on stdin is too large"),
+            busbar::Error::TooLarge {
+                size: text.len(),
+                limit: MAX_STDIN_JSON,
+            },
+        ));
+    }
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Err(Failure::BadInput(format!(
+            "stdin is empty: give {what} as JSON (e.g. null)"
+        )));
+    }
+    serde_json::from_slice(&text)
+        .map_err(|err| Failure::BadInput(format!("{what} on stdin is not valid JSON ({err})")))
 }
 
 /// Where values come from: the argument repeated, or stdin's lines.

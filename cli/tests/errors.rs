@@ -35,6 +35,19 @@ fn bad_json_is_bad_input() {
 }
 
 #[test]
+fn call_stdin_request_must_be_json() {
+    let empty = run_with_input(&["call", "m", "-", "--url", "memory://"], " \n");
+    empty.expect_code(3);
+    assert!(empty.stderr.contains("stdin is empty"), "{empty:?}");
+    let bad = run_with_input(&["call", "m", "-", "--url", "memory://"], "{\"a\":\n");
+    bad.expect_code(3);
+    assert!(bad.stderr.contains("not valid JSON"), "{bad:?}");
+    // A valid request gets as far as the call: nobody serves it here.
+    let sent = run_with_input(&["call", "m", "-", "--url", "memory://"], "[1,\n 2]\n");
+    sent.expect_code(12);
+}
+
+#[test]
 fn call_without_provider_is_no_responders() {
     let failed = run(&["call", "nobody.home", "--url", "memory://"]);
     failed.expect_code(12);

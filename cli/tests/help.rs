@@ -81,3 +81,25 @@ fn usage_errors_exit_2() {
     run(&["call", "m", "--timeout", "soon", "--url", "memory://"]).expect_code(2);
     run(&["frobnicate"]).expect_code(2);
 }
+
+#[test]
+fn sub_help_says_which_events_a_full_buffer_drops() {
+    let help = run(&["sub", "--help"]);
+    help.expect_ok();
+    let text = help.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(text.contains("newer events are dropped"), "{text}");
+    assert!(!text.contains("oldest are dropped"), "{text}");
+}
+
+#[test]
+fn sub_help_describes_the_output_lines() {
+    let help = run(&["sub", "--help"]);
+    help.expect_ok();
+    for text in ["[[key, value], ..]", "payload_base64", "content_type"] {
+        assert!(
+            help.stdout.contains(text),
+            "{text} missing:\n{}",
+            help.stdout
+        );
+    }
+}

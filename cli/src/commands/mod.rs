@@ -1,6 +1,7 @@
 //! The subcommands other than `bench`.
 
 mod broker;
+mod exec;
 mod pubsub;
 mod queue;
 mod rpc;

@@ -4,7 +4,7 @@ use super::{connect, finish, interrupted};
 use crate::cli::{PubArgs, SubArgs};
 use crate::exit::{CmdResult, Context};
 use crate::input::Values;
-use crate::output::{message_json, print_json, status};
+use crate::output::{message_line, print_line, status};
 use busbar::{
     redact_url, Bus, ContentType, Envelope, Error, Kind, Name, Pattern, Stats, SubscribeOptions,
     DEFAULT_MAX_PAYLOAD,
@@ -90,12 +90,12 @@ pub(crate) async fn subscribe(args: SubArgs) -> CmdResult {
             match item {
                 None => break,
                 Some(Ok(message)) => {
-                    print_json(&message_json(&message))?;
+                    print_line(&message_line(&message))?;
                     received += 1;
                 }
                 Some(Err(Error::Lagged { missed })) => {
                     status(&format!(
-                        "warning: fell behind and missed {missed} events (raise --buffer)"
+                        "warning: fell behind: the next {missed} events were dropped (raise --buffer)"
                     ));
                 }
                 Some(Err(Error::Interrupted)) => status(

@@ -1,20 +1,20 @@
 //! `busbar call` and `busbar serve`.
 
+use super::exec::ExecHandler;
 use super::{connect, finish, interrupted};
 use crate::cli::{CallArgs, ServeArgs};
 use crate::exit::{CmdResult, Context, Failure};
-use crate::input::parse_json;
+use crate::input::{parse_json, read_stdin_json};
 use crate::output::{print_json, status};
 use busbar::{redact_url, Error, Fault, Name};
 use serde_json::{json, Value};
-use std::process::Stdio;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 /// Calls a method and prints the answer; with `--all`, one line per provider.
 pub(crate) async fn call(args: CallArgs) -> CmdResult {
-    let request = match &args.json {
+    let request = match args.json.as_deref() {
+        Some("-") => read_stdin_json("the request").await?,
         Some(text) => parse_json(text, "the JSON argument")?,
         None => Value::Null,
     };
@@ -80,25 +80,35 @@ fn error_json(err: &Error) -> Value {
 
 /// Serves a method until interrupted or `--count` requests were answered.
 pub(crate) async fn serve(args: ServeArgs) -> CmdResult {
-    Name::new(&args.method)?;
+    let method = Name::new(&args.method)?;
     let bus = connect(&args.connect).await?;
     let (answered_tx, mut answered) = mpsc::unbounded_channel::<()>();
-    let exec = args.exec.clone().map(Arc::new);
-    let provider = bus
-        .expose(&args.method, move |request: Value| {
-            let exec = exec.clone();
-            let answered = answered_tx.clone();
-            async move {
-                let answer = match exec {
-                    None => Ok(request),
-                    Some(command) => run_exec(&command, request).await,
-                };
-                let _ = answered.send(());
-                answer
-            }
-        })
-        .await
-        .context(|| format!("cannot serve {}", args.method))?;
+    // Echo goes through the typed API; exec through the transport, whose
+    // handler sees each request's deadline.
+    let (provider, guard, stopper) = match args.exec.clone() {
+        None => {
+            let provider = bus
+                .expose(&args.method, move |request: Value| {
+                    let answered = answered_tx.clone();
+                    async move {
+                        let _ = answered.send(());
+                        Ok::<_, Fault>(request)
+                    }
+                })
+                .await
+                .context(|| format!("cannot serve {}", args.method))?;
+            (Some(provider), None, None)
+        }
+        Some(command) => {
+            let (handler, stopper) = ExecHandler::new(command, args.method.clone(), answered_tx);
+            let guard = bus
+                .transport()
+                .serve(&method, Arc::new(handler))
+                .await
+                .context(|| format!("cannot serve {}", args.method))?;
+            (None, Some(guard), Some(stopper))
+        }
+    };
     status(&format!(
         "serving {} on {}; ready",
         args.method,
@@ -117,53 +127,17 @@ pub(crate) async fn serve(args: ServeArgs) -> CmdResult {
             _ = &mut interrupt => break,
         }
     }
+    // Commands still running are killed first, so their callers get an answer
+    // (`shutdown`) and nothing they started outlives the server.
+    if let Some(stopper) = &stopper {
+        stopper.stop().await;
+    }
     // Shutting down lets the answers still being sent go out.
     let finished = finish(&bus, &args.connect).await;
     drop(provider);
+    drop(guard);
     status(&format!("answered {count} requests"));
     finished
-}
-
-/// Runs `sh -c command` with the request on stdin; its stdout is the answer.
-async fn run_exec(command: &str, request: Value) -> Result<Value, Fault> {
-    let spawn = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = spawn.map_err(|err| Fault::new("exec", format!("cannot run sh: {err}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let mut line = request.to_string().into_bytes();
-        line.push(b'\n');
-        // A command that does not read its stdin is fine: ignore a broken pipe.
-        let _ = stdin.write_all(&line).await;
-    }
-    let output = child
-        .wait_with_output()
-        .await
-        .map_err(|err| Fault::new("exec", format!("{command}: {err}")))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-        let status = match output.status.code() {
-            Some(code) => format!("exited with status {code}"),
-            None => "was killed by a signal".to_owned(),
-        };
-        let message = if stderr.is_empty() {
-            format!("`{command}` {status}")
-        } else {
-            format!("`{command}` {status}: {stderr}")
-        };
-        return Err(Fault::new("exit_status", message));
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let text = stdout.trim();
-    if text.is_empty() {
-        return Ok(Value::Null);
-    }
-    Ok(serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned())))
 }
 
 #[cfg(test)]
@@ -181,25 +155,5 @@ mod tests {
             json!({"kind": "remote", "remote_kind": "exit_status", "message": "boom"})
         );
         assert_eq!(error_json(&Error::Timeout)["kind"], "timeout");
-    }
-
-    #[tokio::test]
-    async fn exec_answers_with_stdout() {
-        let answer = run_exec("cat", json!({"a": 1})).await.unwrap();
-        assert_eq!(answer, json!({"a": 1}));
-        let answer = run_exec("echo hello world", Value::Null).await.unwrap();
-        assert_eq!(answer, json!("hello world"));
-        let answer = run_exec("true", Value::Null).await.unwrap();
-        assert_eq!(answer, Value::Null);
-    }
-
-    #[tokio::test]
-    async fn exec_failure_is_a_fault_with_stderr() {
-        let fault = run_exec("echo nope >&2; exit 3", Value::Null)
-            .await
-            .unwrap_err();
-        assert_eq!(fault.kind, "exit_status");
-        assert!(fault.message.contains("status 3"), "{}", fault.message);
-        assert!(fault.message.contains("nope"), "{}", fault.message);
     }
 }

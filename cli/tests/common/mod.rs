@@ -5,7 +5,7 @@
 pub mod scenarios;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -118,6 +118,9 @@ pub struct Running {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Receiver<String>,
+    /// Stdout not yet read (see [`Running::start_holding_stdout`]), and where its
+    /// lines go once released.
+    held_stdout: Option<(ChildStdout, mpsc::Sender<String>)>,
     stderr: Receiver<String>,
     /// Every line read so far from stderr (for failure messages).
     pub stderr_seen: Vec<String>,
@@ -126,6 +129,11 @@ pub struct Running {
 
 fn line_reader(source: impl Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
+    forward_lines(source, tx);
+    rx
+}
+
+fn forward_lines(source: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
     thread::spawn(move || {
         for line in BufReader::new(source).lines() {
             let Ok(line) = line else { break };
@@ -134,7 +142,6 @@ fn line_reader(source: impl Read + Send + 'static) -> Receiver<String> {
             }
         }
     });
-    rx
 }
 
 impl Running {
@@ -145,6 +152,15 @@ impl Running {
 
     /// Starts `busbar args...` in the background with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
+        let mut running = Running::start_holding_stdout(args, env);
+        running.release_stdout();
+        running
+    }
+
+    /// Starts `busbar args...` but reads nothing from its stdout until
+    /// [`release_stdout`](Running::release_stdout): once the pipe is full, the
+    /// process blocks writing, like one piped into a stalled reader.
+    pub fn start_holding_stdout(args: &[&str], env: &[(&str, &str)]) -> Running {
         let mut child = busbar()
             .args(args)
             .envs(env.iter().copied())
@@ -153,16 +169,42 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .expect("the busbar binary runs");
-        let stdout = line_reader(child.stdout.take().expect("piped stdout"));
+        let (stdout_tx, stdout) = mpsc::channel();
+        let held_stdout = Some((child.stdout.take().expect("piped stdout"), stdout_tx));
         let stderr = line_reader(child.stderr.take().expect("piped stderr"));
         Running {
             stdin: child.stdin.take(),
             child,
             stdout,
+            held_stdout,
             stderr,
             stderr_seen: Vec::new(),
             name: format!("busbar {}", args.join(" ")),
         }
+    }
+
+    /// Starts reading stdout (a no-op if it is already read).
+    pub fn release_stdout(&mut self) {
+        if let Some((stdout, tx)) = self.held_stdout.take() {
+            forward_lines(stdout, tx);
+        }
+    }
+
+    /// The next stdout line if one comes within `wait`; `None` otherwise.
+    pub fn next_line_within(&mut self, wait: Duration) -> Option<String> {
+        self.stdout.recv_timeout(wait).ok()
+    }
+
+    /// The stderr lines printed so far that were not yet seen, without waiting.
+    pub fn new_stderr_lines(&mut self) -> Vec<String> {
+        let lines: Vec<String> = self.stderr.try_iter().collect();
+        self.stderr_seen.extend(lines.iter().cloned());
+        lines
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits (bounded) for a stderr line containing `needle`; returns it.
