@@ -186,6 +186,8 @@ impl Subscriptions {
 pub(crate) struct Core {
     config: BrokerConfig,
     socket: zeromq::RouterSendHalf,
+    /// To close the connection of a client that stopped reading.
+    backend: Arc<dyn zeromq::MultiPeerBackend>,
     counters: Arc<BrokerCounters>,
     internal: Option<mpsc::UnboundedSender<Internal>>,
     /// Set when the broker stops: writers then close at once, without flushing,
@@ -212,11 +214,13 @@ impl Core {
     pub(crate) fn new(
         config: BrokerConfig,
         socket: zeromq::RouterSendHalf,
+        backend: Arc<dyn zeromq::MultiPeerBackend>,
         counters: Arc<BrokerCounters>,
     ) -> Core {
         Core {
             config,
             socket,
+            backend,
             counters,
             internal: None,
             closing: Arc::default(),
@@ -333,6 +337,7 @@ impl Core {
             self.counters.dead_clients.fetch_add(1, Ordering::Relaxed);
             self.drop_client(key, "it missed its heartbeats");
         }
+        self.drop_stalled(now);
         for client in self.clients.values() {
             client
                 .outbox

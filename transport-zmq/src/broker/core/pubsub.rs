@@ -1,11 +1,13 @@
-//! Pub/sub in the broker: subscriptions, routing, held-back publish acknowledgements.
+//! Pub/sub in the broker: subscriptions, routing, held-back publish
+//! acknowledgements, and dropping clients that stopped reading.
 
 use super::{Core, Deferred};
-use crate::broker::{cmd, reject};
+use crate::broker::{cmd, hex, reject};
 use crate::protocol::{self, Malformed, Parsed};
 use busbar_core::{Kind, Pattern};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
+use tokio::time::Instant;
 
 impl Core {
     pub(super) fn subscribe(&mut self, key: u64, args: &[Bytes]) -> Parsed<()> {
@@ -90,9 +92,14 @@ impl Core {
             self.counters
                 .events_out
                 .fetch_add(events.len() as u64, Ordering::Relaxed);
+            let flow = &client.outbox.flow;
             if client.outbox.events(events) > self.config.high_water {
-                client.outbox.above.store(true, Ordering::Release);
-                blockers.push(client_key);
+                flow.above.store(true, Ordering::SeqCst);
+                // The socket may have written them all meanwhile, before it
+                // could see `above` and report the drain.
+                if flow.queued.load(Ordering::SeqCst) > self.config.high_water {
+                    blockers.push(client_key);
+                }
             }
         }
         if blockers.is_empty() {
@@ -132,7 +139,7 @@ impl Core {
             d.blockers.retain(|b| {
                 clients
                     .get(b)
-                    .is_some_and(|c| c.outbox.queued.load(Ordering::Relaxed) > high_water)
+                    .is_some_and(|c| c.outbox.flow.queued.load(Ordering::SeqCst) > high_water)
             });
             if d.blockers.is_empty() {
                 release.push((d.publisher, d.seq));
@@ -146,6 +153,43 @@ impl Core {
                 publisher,
                 protocol::message(cmd::PUBACK, [protocol::u64_frame(seq)]),
             );
+        }
+    }
+
+    /// Drops every client whose socket queue stayed full, with nothing of it
+    /// written, for longer than the stall limit: it stopped reading, and what
+    /// is queued for it would otherwise hold its publishers back for good.
+    /// Its connection is closed too, so nothing more is queued for it.
+    pub(super) fn drop_stalled(&mut self, now: Instant) {
+        let limit = self.config.stall_limit;
+        let stalled: Vec<(u64, std::time::Duration)> = self
+            .clients
+            .iter()
+            .filter_map(|(key, c)| {
+                let stalled = c.outbox.flow.stalled(now)?;
+                (stalled > limit).then_some((*key, stalled))
+            })
+            .collect();
+        for (key, stalled) in stalled {
+            let Some(client) = self.clients.get(&key) else {
+                continue;
+            };
+            let identity = client.identity.clone();
+            let queued = client.outbox.flow.queued.load(Ordering::Relaxed);
+            tracing::warn!(
+                client = key,
+                peer = %hex(&identity),
+                stalled_ms = stalled.as_millis() as u64,
+                queued,
+                "client stopped reading; dropping it"
+            );
+            self.counters
+                .stalled_clients
+                .fetch_add(1, Ordering::Relaxed);
+            self.drop_client(key, "it stopped reading");
+            if let Ok(peer) = zeromq::util::PeerIdentity::try_from(identity) {
+                self.backend.peer_disconnected(&peer);
+            }
         }
     }
 }
