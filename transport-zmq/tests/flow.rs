@@ -306,3 +306,49 @@ async fn broker_memory_behind_a_stalled_subscriber() {
     assert_eq!(reader.stats().lagged, 0);
     drop(stalled);
 }
+
+/// A client that sends requests and reads none of the answers is dropped once
+/// their backlog passes its bound, long before the stall limit: what it makes
+/// the broker queue is bounded too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_no_answers_is_dropped_before_its_backlog_grows() {
+    let config = BrokerConfig {
+        heartbeat: Duration::from_millis(100),
+        liveness: 50,
+        stall_limit: Duration::from_secs(3600),
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::bind_with("tcp://127.0.0.1:0", config)
+        .await
+        .unwrap();
+    let mut socket = zeromq::DealerSocket::new();
+    socket.connect(broker.endpoint()).await.unwrap();
+    socket
+        .send(message(&[b"BBZ1", &[0x01], b"deaf"]))
+        .await
+        .unwrap();
+    // BATCHes of 64 LEN requests, each answered by its own COUNT message.
+    let head: &[u8] = &[0x24, 0, 2];
+    let req = 7u64.to_be_bytes();
+    let mut batch: Vec<&[u8]> = vec![b"BBZ1", &[0x7F]];
+    for _ in 0..64 {
+        batch.extend([head, &req, b"deaf.queue"]);
+    }
+    let batch = message(&batch);
+    let flooding = tokio::spawn(async move {
+        loop {
+            if socket.send(batch.clone()).await.is_err() {
+                return;
+            }
+        }
+    });
+    until("the client to be dropped", || {
+        broker.stats().stalled_clients > 0
+    })
+    .await;
+    flooding.abort();
+    let stats = broker.stats();
+    assert_eq!(stats.stalled_clients, 1, "{stats:?}");
+    assert_eq!(stats.dead_clients, 0, "{stats:?}");
+    assert_eq!(stats.clients, 0, "{stats:?}");
+}

@@ -32,6 +32,9 @@ pub struct BrokerConfig {
     /// written into the connection) above which publishers are held back: their
     /// batches are acknowledged only once the client drained to a fifth of it.
     pub high_water: usize,
+    /// Bytes of events (envelopes and subscription ids) queued for one client
+    /// above which publishers are held back, as for `high_water`.
+    pub high_water_bytes: usize,
     /// How long a client may leave everything the broker may hand its socket
     /// unread before it is dropped (as a dead client, counted in
     /// [`BrokerStats::stalled_clients`]). Must exceed the time the slowest
@@ -46,6 +49,7 @@ impl Default for BrokerConfig {
             liveness: 3,
             max_envelope: busbar_core::wire::DEFAULT_MAX_ENVELOPE,
             high_water: 50_000,
+            high_water_bytes: 64 << 20,
             stall_limit: Duration::from_secs(10),
         }
     }
@@ -265,6 +269,9 @@ async fn run(
             biased;
             _ = &mut stop => break,
             Some(internal) = internal_rx.recv() => core.internal(internal),
+            // Before the socket: a flood of messages must not starve the
+            // timers (heartbeats, stall checks, visibility timeouts).
+            _ = tokio::time::sleep_until(next_timer) => core.fire_timers(),
             Some(event) = monitor.next() => {
                 if let SocketEvent::Disconnected(peer) = event {
                     let identity: Bytes = peer.into();
@@ -277,7 +284,6 @@ async fn run(
                     tracing::debug!(%err, "broker receive failed");
                 }
             },
-            _ = tokio::time::sleep_until(next_timer) => core.fire_timers(),
         }
     }
     core.close();

@@ -2,7 +2,7 @@
 //! consecutive events into one EVENT message, never handing the socket more
 //! than its [`Flow`] allows.
 
-use super::flow::Flow;
+use super::flow::{frames_len, Flow, Marks};
 use super::{cmd, Internal};
 use crate::protocol;
 use bytes::Bytes;
@@ -54,7 +54,7 @@ impl Outbox {
         key: u64,
         identity: Bytes,
         socket: zeromq::RouterSendHalf,
-        low_water: usize,
+        marks: Marks,
         batches: bool,
         closing: Arc<AtomicBool>,
         internal: mpsc::UnboundedSender<Internal>,
@@ -62,7 +62,7 @@ impl Outbox {
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop_tx, stop) = oneshot::channel();
         let unsent = Arc::new(AtomicUsize::new(0));
-        let flow = Flow::new(key, low_water, internal);
+        let flow = Flow::new(key, marks, internal);
         let writer = Writer {
             key,
             identity: identity.clone(),
@@ -95,15 +95,17 @@ impl Outbox {
         }
     }
 
-    /// Queues events; returns the number of events now queued.
-    pub(crate) fn events(&self, events: Vec<(Bytes, Bytes)>) -> usize {
+    /// Queues events; returns whether the client is now above its high-water
+    /// mark (publishers must wait for it).
+    pub(crate) fn events(&self, events: Vec<(Bytes, Bytes)>) -> bool {
         let n = events.len();
-        let queued = self.flow.queued.fetch_add(n, Ordering::SeqCst) + n;
+        let bytes = pairs_len(&events);
+        let above = self.flow.queue_events(n, bytes);
         self.unsent.fetch_add(1, Ordering::AcqRel);
         if self.tx.send(Out::Events(events)).is_err() {
-            self.flow.queued.fetch_sub(n, Ordering::SeqCst);
+            self.flow.unqueue_events(n, bytes);
         }
-        queued
+        above
     }
 
     /// Sends a whole message: at once when nothing is queued before it (and the
@@ -111,10 +113,11 @@ impl Outbox {
     pub(crate) fn send(&self, mut frames: Vec<Bytes>) {
         if self.unsent.load(Ordering::Acquire) != 0 || !self.flow.has_room() {
             self.unsent.fetch_add(1, Ordering::AcqRel);
+            self.flow.backlog(1, frames_len(&frames));
             let _ = self.tx.send(Out::Frames(frames));
             return;
         }
-        self.flow.track(&mut frames, 0);
+        self.flow.track(&mut frames, 0, 0);
         let message = to_message(&self.identity, frames);
         let mut socket = self.socket.clone();
         let mut sending: SendFuture = Box::pin(async move { socket.send(message).await.is_ok() });
@@ -124,6 +127,10 @@ impl Outbox {
             let _ = self.tx.send(Out::Started(sending));
         }
     }
+}
+
+fn pairs_len(pairs: &[(Bytes, Bytes)]) -> usize {
+    pairs.iter().map(|(subs, env)| subs.len() + env.len()).sum()
 }
 
 fn to_message(identity: &Bytes, frames: Vec<Bytes>) -> ZmqMessage {
@@ -218,16 +225,16 @@ impl Writer {
                     let Some((subs, envelope)) = events.pairs.pop_front() else {
                         break;
                     };
-                    bytes += envelope.len();
+                    bytes += subs.len() + envelope.len();
                     frames.push(subs);
                     frames.push(envelope);
                     n += 1;
                 }
-                let ok = n == 0 || self.send(frames, n).await;
+                let ok = n == 0 || self.send(frames, n, bytes).await;
                 let done = events.sent(n);
                 self.unsent.fetch_sub(done, Ordering::AcqRel);
                 if !ok {
-                    return self.drain(rx).await;
+                    return self.drain(events, rx).await;
                 }
                 continue;
             }
@@ -240,14 +247,19 @@ impl Writer {
                 }
                 Some(Out::Frames(frames)) if !self.batches => {
                     self.flow.room().await;
-                    self.send(frames, 0).await
+                    self.flow.backlog(-1, frames_len(&frames));
+                    self.send(frames, 0, 0).await
                 }
                 Some(Out::Frames(frames)) => {
                     self.flow.room().await;
+                    self.flow.backlog(-1, frames_len(&frames));
                     let mut messages = vec![frames];
                     while messages.len() < protocol::MAX_BATCH_COMMANDS {
                         match rx.try_recv() {
-                            Ok(Out::Frames(frames)) => messages.push(frames),
+                            Ok(Out::Frames(frames)) => {
+                                self.flow.backlog(-1, frames_len(&frames));
+                                messages.push(frames);
+                            }
                             Ok(other) => {
                                 held = Some(other);
                                 break;
@@ -261,7 +273,7 @@ impl Writer {
                     } else {
                         protocol::batch(cmd::BROKER_BATCH, messages)
                     };
-                    let ok = self.send(frames, 0).await;
+                    let ok = self.send(frames, 0, 0).await;
                     // The first one is counted below, with the single-item cases.
                     self.unsent.fetch_sub(count - 1, Ordering::AcqRel);
                     ok
@@ -269,14 +281,15 @@ impl Writer {
             };
             self.unsent.fetch_sub(1, Ordering::AcqRel);
             if !ok {
-                return self.drain(rx).await;
+                return self.drain(events, rx).await;
             }
         }
     }
 
-    /// Sends one message carrying `events` events; the caller waited for room.
-    async fn send(&mut self, mut frames: Vec<Bytes>, events: usize) -> bool {
-        self.flow.track(&mut frames, events);
+    /// Sends one message carrying `events` events of `event_bytes`; the caller
+    /// waited for room.
+    async fn send(&mut self, mut frames: Vec<Bytes>, events: usize, event_bytes: usize) -> bool {
+        self.flow.track(&mut frames, events, event_bytes);
         let message = to_message(&self.identity, frames);
         match self.socket.send(message).await {
             Ok(()) => true,
@@ -288,12 +301,16 @@ impl Writer {
     }
 
     /// The client is going away: keep the counters right until the broker drops it.
-    async fn drain(self, mut rx: mpsc::UnboundedReceiver<Out>) {
+    async fn drain(self, events: EventQueue, mut rx: mpsc::UnboundedReceiver<Out>) {
+        let pairs: Vec<(Bytes, Bytes)> = events.pairs.into();
+        self.flow.unqueue_events(pairs.len(), pairs_len(&pairs));
         // From now on every message goes through here and is dropped.
         self.unsent.fetch_add(1, Ordering::AcqRel);
         while let Some(out) = rx.recv().await {
-            if let Out::Events(events) = out {
-                self.flow.queued.fetch_sub(events.len(), Ordering::SeqCst);
+            match out {
+                Out::Events(events) => self.flow.unqueue_events(events.len(), pairs_len(&events)),
+                Out::Frames(frames) => self.flow.backlog(-1, frames_len(&frames)),
+                Out::Started(_) => {}
             }
         }
     }

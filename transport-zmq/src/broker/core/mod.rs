@@ -5,6 +5,7 @@ mod pubsub;
 mod queues;
 mod rpc;
 
+use super::flow::Marks;
 use super::writer::Outbox;
 use super::{cmd, reject, BrokerConfig, BrokerCounters, Internal};
 use crate::protocol::{self, Malformed};
@@ -463,7 +464,10 @@ impl Core {
             key,
             identity.clone(),
             self.socket.clone(),
-            self.config.high_water / 5,
+            Marks {
+                events: self.config.high_water,
+                bytes: self.config.high_water_bytes,
+            },
             batches,
             self.closing.clone(),
             internal,

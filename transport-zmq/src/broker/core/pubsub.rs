@@ -92,14 +92,8 @@ impl Core {
             self.counters
                 .events_out
                 .fetch_add(events.len() as u64, Ordering::Relaxed);
-            let flow = &client.outbox.flow;
-            if client.outbox.events(events) > self.config.high_water {
-                flow.above.store(true, Ordering::SeqCst);
-                // The socket may have written them all meanwhile, before it
-                // could see `above` and report the drain.
-                if flow.queued.load(Ordering::SeqCst) > self.config.high_water {
-                    blockers.push(client_key);
-                }
+            if client.outbox.events(events) {
+                blockers.push(client_key);
             }
         }
         if blockers.is_empty() {
@@ -132,15 +126,11 @@ impl Core {
         if self.deferred.is_empty() {
             return;
         }
-        let high_water = self.config.high_water;
         let clients = &self.clients;
         let mut release = Vec::new();
         self.deferred.retain_mut(|d| {
-            d.blockers.retain(|b| {
-                clients
-                    .get(b)
-                    .is_some_and(|c| c.outbox.flow.queued.load(Ordering::SeqCst) > high_water)
-            });
+            d.blockers
+                .retain(|b| clients.get(b).is_some_and(|c| c.outbox.flow.above_high()));
             if d.blockers.is_empty() {
                 release.push((d.publisher, d.seq));
                 false
@@ -156,32 +146,29 @@ impl Core {
         }
     }
 
-    /// Drops every client whose socket queue stayed full, with nothing of it
-    /// written, for longer than the stall limit: it stopped reading, and what
-    /// is queued for it would otherwise hold its publishers back for good.
-    /// Its connection is closed too, so nothing more is queued for it.
+    /// Drops every client that stopped reading (see [`Flow::stalled`]): what
+    /// is queued for it would otherwise hold its publishers back for good, or
+    /// grow without bound. Its connection is closed too, so nothing more is
+    /// queued for it.
+    ///
+    /// [`Flow::stalled`]: crate::broker::flow::Flow::stalled
     pub(super) fn drop_stalled(&mut self, now: Instant) {
         let limit = self.config.stall_limit;
-        let stalled: Vec<(u64, std::time::Duration)> = self
+        let stalled: Vec<(u64, String)> = self
             .clients
             .iter()
-            .filter_map(|(key, c)| {
-                let stalled = c.outbox.flow.stalled(now)?;
-                (stalled > limit).then_some((*key, stalled))
-            })
+            .filter_map(|(key, c)| Some((*key, c.outbox.flow.stalled(now, limit)?)))
             .collect();
-        for (key, stalled) in stalled {
+        for (key, why) in stalled {
             let Some(client) = self.clients.get(&key) else {
                 continue;
             };
             let identity = client.identity.clone();
-            let queued = client.outbox.flow.queued.load(Ordering::Relaxed);
             tracing::warn!(
                 client = key,
                 peer = %hex(&identity),
-                stalled_ms = stalled.as_millis() as u64,
-                queued,
-                "client stopped reading; dropping it"
+                queued_events = client.outbox.flow.queued(),
+                "client stopped reading ({why}); dropping it"
             );
             self.counters
                 .stalled_clients

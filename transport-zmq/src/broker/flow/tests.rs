@@ -2,7 +2,7 @@
 //! is queued for a client that reads nothing; what it holds back is counted
 //! and delivered, in order, once the client reads.
 
-use super::{SOCKET_BYTES, SOCKET_MESSAGES};
+use super::{Marks, SOCKET_BYTES, SOCKET_MESSAGES};
 use crate::broker::writer::Outbox;
 use crate::broker::Internal;
 use crate::protocol;
@@ -32,7 +32,18 @@ async fn a_client_that_reads_nothing_gets_no_more_than_the_window() {
     let identity = router.recv().await.unwrap().into_vec()[0].clone();
     let (send, _recv) = router.split();
     let (internal, mut drained) = mpsc::unbounded_channel();
-    let outbox = Outbox::start(1, identity, send, 0, false, Arc::default(), internal);
+    let outbox = Outbox::start(
+        1,
+        identity,
+        send,
+        Marks {
+            events: 0,
+            bytes: 0,
+        },
+        false,
+        Arc::default(),
+        internal,
+    );
     let flow = outbox.flow.clone();
     let subs = protocol::u64_frame(1);
     // 32 MiB: far more than the kernel's buffers take for a reader that reads nothing.
@@ -64,7 +75,7 @@ async fn a_client_that_reads_nothing_gets_no_more_than_the_window() {
         bytes < SOCKET_BYTES + (1 << 20) + 64 * 1024,
         "{bytes} bytes in the socket"
     );
-    let queued = flow.queued.load(Ordering::SeqCst);
+    let queued = flow.queued();
     assert!(
         queued > EVENTS / 2,
         "what the socket was not given stays counted as queued: {queued}"
@@ -88,6 +99,6 @@ async fn a_client_that_reads_nothing_gets_no_more_than_the_window() {
         within("the drain", drained.recv()).await,
         Some(Internal::Drained(1))
     ));
-    assert_eq!(flow.queued.load(Ordering::SeqCst), 0);
+    assert_eq!(flow.queued(), 0);
     assert_eq!(flow.in_socket(), (0, 0));
 }
