@@ -13,7 +13,9 @@ fn broker_prints_its_url_and_stats_and_stops_on_interrupt() {
     let (code, stderr) = broker.process.interrupt();
     assert_eq!(code, Some(0), "{stderr:?}");
     assert!(
-        stderr.iter().any(|l| l.contains("\"events_in\"")),
+        stderr
+            .iter()
+            .any(|l| l.contains("\"events_in\"") && l.contains("\"stalled_clients\"")),
         "{stderr:?}"
     );
     assert!(

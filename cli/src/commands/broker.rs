@@ -35,6 +35,7 @@ pub(crate) async fn run(args: BrokerArgs) -> CmdResult {
             "dead_clients": stats.dead_clients,
             "redelivered": stats.redelivered,
             "held_batches": stats.held_batches,
+            "stalled_clients": stats.stalled_clients,
         });
         status(&format!("stats {stats}"));
     }

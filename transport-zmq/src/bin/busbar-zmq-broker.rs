@@ -1,11 +1,15 @@
 //! The busbar ZeroMQ broker as a program:
-//! `busbar-zmq-broker --bind tcp://127.0.0.1:5555 [--heartbeat-ms 1000]`.
+//! `busbar-zmq-broker --bind tcp://127.0.0.1:5555 [--heartbeat-ms 1000] [--liveness 3]
+//! [--high-water 50000] [--high-water-bytes 67108864] [--stall-limit-ms 10000]`.
 
 use busbar_zmq::{Broker, BrokerConfig};
 use std::time::Duration;
 
 fn usage() -> ! {
-    eprintln!("usage: busbar-zmq-broker --bind tcp://HOST:PORT [--heartbeat-ms N] [--liveness N]");
+    eprintln!(
+        "usage: busbar-zmq-broker --bind tcp://HOST:PORT [--heartbeat-ms N] [--liveness N] \
+         [--high-water N] [--high-water-bytes N] [--stall-limit-ms N]"
+    );
     std::process::exit(2)
 }
 
@@ -22,6 +26,14 @@ fn main() {
                 config.heartbeat = Duration::from_millis(ms.max(10));
             }
             "--liveness" => config.liveness = value().parse().unwrap_or_else(|_| usage()),
+            "--high-water" => config.high_water = value().parse().unwrap_or_else(|_| usage()),
+            "--high-water-bytes" => {
+                config.high_water_bytes = value().parse().unwrap_or_else(|_| usage())
+            }
+            "--stall-limit-ms" => {
+                let ms: u64 = value().parse().unwrap_or_else(|_| usage());
+                config.stall_limit = Duration::from_millis(ms);
+            }
             "-h" | "--help" => usage(),
             _ => usage(),
         }

@@ -6,6 +6,7 @@
 //! client never stalls the others.
 
 mod core;
+mod flow;
 mod writer;
 
 use crate::protocol::{self, Malformed};
@@ -27,9 +28,18 @@ pub struct BrokerConfig {
     pub liveness: u32,
     /// Largest accepted envelope, in bytes.
     pub max_envelope: usize,
-    /// Events queued for one client above which publishers are held back
-    /// (their batches are acknowledged only once the client drained).
+    /// Events queued for one client (in the broker and in its socket, not yet
+    /// written into the connection) above which publishers are held back: their
+    /// batches are acknowledged only once the client drained to a fifth of it.
     pub high_water: usize,
+    /// Bytes of events (envelopes and subscription ids) queued for one client
+    /// above which publishers are held back, as for `high_water`.
+    pub high_water_bytes: usize,
+    /// How long a client may leave everything the broker may hand its socket
+    /// unread before it is dropped (as a dead client, counted in
+    /// [`BrokerStats::stalled_clients`]). Must exceed the time the slowest
+    /// client needs to read the largest message.
+    pub stall_limit: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -39,6 +49,8 @@ impl Default for BrokerConfig {
             liveness: 3,
             max_envelope: busbar_core::wire::DEFAULT_MAX_ENVELOPE,
             high_water: 50_000,
+            high_water_bytes: 64 << 20,
+            stall_limit: Duration::from_secs(10),
         }
     }
 }
@@ -53,6 +65,7 @@ pub(crate) struct BrokerCounters {
     pub(crate) dead_clients: AtomicU64,
     pub(crate) redelivered: AtomicU64,
     pub(crate) held_batches: AtomicU64,
+    pub(crate) stalled_clients: AtomicU64,
 }
 
 /// A point-in-time copy of a broker's counters.
@@ -72,6 +85,8 @@ pub struct BrokerStats {
     pub redelivered: u64,
     /// Publish batches whose acknowledgement was held back by a slow subscriber.
     pub held_batches: u64,
+    /// Clients dropped because they stopped reading (see [`BrokerConfig::stall_limit`]).
+    pub stalled_clients: u64,
 }
 
 impl BrokerCounters {
@@ -85,6 +100,7 @@ impl BrokerCounters {
             dead_clients: get(&self.dead_clients),
             redelivered: get(&self.redelivered),
             held_batches: get(&self.held_batches),
+            stalled_clients: get(&self.stalled_clients),
         }
     }
 }
@@ -125,6 +141,8 @@ impl Broker {
     pub async fn bind_with(endpoint: &str, config: BrokerConfig) -> Result<Broker> {
         let mut socket = zeromq::RouterSocket::new();
         let monitor = socket.monitor();
+        // The only way to close one peer's connection (a client that stopped reading).
+        let backend = socket.backend();
         let bound = socket
             .bind(endpoint)
             .await
@@ -138,7 +156,7 @@ impl Broker {
         let (send, recv) = socket.split();
         let counters = Arc::new(BrokerCounters::default());
         let (stop_tx, stop_rx) = oneshot::channel();
-        let core = core::Core::new(config, send, counters.clone());
+        let core = core::Core::new(config, send, backend, counters.clone());
         let task = tokio::spawn(run(core, recv, monitor, stop_rx));
         tracing::info!(endpoint = %bound, "busbar zmq broker listening");
         Ok(Broker {
@@ -251,6 +269,9 @@ async fn run(
             biased;
             _ = &mut stop => break,
             Some(internal) = internal_rx.recv() => core.internal(internal),
+            // Before the socket: a flood of messages must not starve the
+            // timers (heartbeats, stall checks, visibility timeouts).
+            _ = tokio::time::sleep_until(next_timer) => core.fire_timers(),
             Some(event) = monitor.next() => {
                 if let SocketEvent::Disconnected(peer) = event {
                     let identity: Bytes = peer.into();
@@ -263,7 +284,6 @@ async fn run(
                     tracing::debug!(%err, "broker receive failed");
                 }
             },
-            _ = tokio::time::sleep_until(next_timer) => core.fire_timers(),
         }
     }
     core.close();
@@ -276,7 +296,7 @@ pub(crate) fn reject(counters: &BrokerCounters, peer: &[u8], why: &Malformed) {
     tracing::warn!(peer = %hex(peer), reason = %why, "broker rejected a malformed message");
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 

@@ -1,6 +1,8 @@
 //! One writer task per client: sends what the broker queued for it, batching
-//! consecutive events into one EVENT message, and reports when it drained.
+//! consecutive events into one EVENT message, never handing the socket more
+//! than its [`Flow`] allows.
 
+use super::flow::{frames_len, Flow, Marks};
 use super::{cmd, Internal};
 use crate::protocol;
 use bytes::Bytes;
@@ -42,11 +44,8 @@ pub(crate) struct Outbox {
     /// the broker sends messages itself, saving a task hop; otherwise they
     /// queue behind the writer's, keeping the order.
     unsent: Arc<AtomicUsize>,
-    /// Events queued and not yet handed to the socket.
-    pub(crate) queued: Arc<AtomicUsize>,
-    /// Set when `queued` went above the high-water mark; cleared by the writer
-    /// (with a [`Internal::Drained`]) once below the low-water mark.
-    pub(crate) above: Arc<AtomicBool>,
+    /// What is queued for the client, here and in the socket.
+    pub(crate) flow: Arc<Flow>,
 }
 
 impl Outbox {
@@ -55,26 +54,22 @@ impl Outbox {
         key: u64,
         identity: Bytes,
         socket: zeromq::RouterSendHalf,
-        low_water: usize,
+        marks: Marks,
         batches: bool,
         closing: Arc<AtomicBool>,
         internal: mpsc::UnboundedSender<Internal>,
     ) -> Outbox {
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop_tx, stop) = oneshot::channel();
-        let queued = Arc::new(AtomicUsize::new(0));
         let unsent = Arc::new(AtomicUsize::new(0));
-        let above = Arc::new(AtomicBool::new(false));
+        let flow = Flow::new(key, marks, internal);
         let writer = Writer {
             key,
             identity: identity.clone(),
             socket: socket.clone(),
-            queued: queued.clone(),
             unsent: unsent.clone(),
-            above: above.clone(),
-            low_water,
+            flow: flow.clone(),
             batches,
-            internal,
         };
         tokio::spawn(async move {
             let run = writer.run(rx);
@@ -96,30 +91,33 @@ impl Outbox {
             identity,
             socket,
             unsent,
-            queued,
-            above,
+            flow,
         }
     }
 
-    /// Queues events; returns the number of events now queued.
-    pub(crate) fn events(&self, events: Vec<(Bytes, Bytes)>) -> usize {
+    /// Queues events; returns whether the client is now above its high-water
+    /// mark (publishers must wait for it).
+    pub(crate) fn events(&self, events: Vec<(Bytes, Bytes)>) -> bool {
         let n = events.len();
-        let queued = self.queued.fetch_add(n, Ordering::Relaxed) + n;
+        let bytes = pairs_len(&events);
+        let above = self.flow.queue_events(n, bytes);
         self.unsent.fetch_add(1, Ordering::AcqRel);
         if self.tx.send(Out::Events(events)).is_err() {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.flow.unqueue_events(n, bytes);
         }
-        queued
+        above
     }
 
     /// Sends a whole message: at once when nothing is queued before it (and the
-    /// socket takes it without waiting), else through the writer.
-    pub(crate) fn send(&self, frames: Vec<Bytes>) {
-        if self.unsent.load(Ordering::Acquire) != 0 {
+    /// socket has room for it and takes it without waiting), else through the writer.
+    pub(crate) fn send(&self, mut frames: Vec<Bytes>) {
+        if self.unsent.load(Ordering::Acquire) != 0 || !self.flow.has_room() {
             self.unsent.fetch_add(1, Ordering::AcqRel);
+            self.flow.backlog(1, frames_len(&frames));
             let _ = self.tx.send(Out::Frames(frames));
             return;
         }
+        self.flow.track(&mut frames, 0, 0);
         let message = to_message(&self.identity, frames);
         let mut socket = self.socket.clone();
         let mut sending: SendFuture = Box::pin(async move { socket.send(message).await.is_ok() });
@@ -129,6 +127,10 @@ impl Outbox {
             let _ = self.tx.send(Out::Started(sending));
         }
     }
+}
+
+fn pairs_len(pairs: &[(Bytes, Bytes)]) -> usize {
+    pairs.iter().map(|(subs, env)| subs.len() + env.len()).sum()
 }
 
 fn to_message(identity: &Bytes, frames: Vec<Bytes>) -> ZmqMessage {
@@ -143,12 +145,9 @@ struct Writer {
     key: u64,
     identity: Bytes,
     socket: zeromq::RouterSendHalf,
-    queued: Arc<AtomicUsize>,
     unsent: Arc<AtomicUsize>,
-    above: Arc<AtomicBool>,
-    low_water: usize,
+    flow: Arc<Flow>,
     batches: bool,
-    internal: mpsc::UnboundedSender<Internal>,
 }
 
 /// Events waiting in the writer, with how many of each `Out::Events` remain.
@@ -210,6 +209,15 @@ impl Writer {
                 }
             }
             if !events.is_empty() {
+                // Wait before packing: what arrives meanwhile joins this message.
+                self.flow.room().await;
+                while held.is_none() && events.pairs.len() < MAX_EVENTS_PER_MESSAGE {
+                    match rx.try_recv() {
+                        Ok(Out::Events(more)) => events.push(more),
+                        Ok(other) => held = Some(other),
+                        Err(_) => break,
+                    }
+                }
                 let mut frames = protocol::message(cmd::EVENT, []);
                 let mut bytes = 0;
                 let mut n = 0;
@@ -217,20 +225,16 @@ impl Writer {
                     let Some((subs, envelope)) = events.pairs.pop_front() else {
                         break;
                     };
-                    bytes += envelope.len();
+                    bytes += subs.len() + envelope.len();
                     frames.push(subs);
                     frames.push(envelope);
                     n += 1;
                 }
-                let ok = n == 0 || self.send(frames).await;
-                let left = self.queued.fetch_sub(n, Ordering::Relaxed) - n;
-                if left <= self.low_water && self.above.swap(false, Ordering::AcqRel) {
-                    let _ = self.internal.send(Internal::Drained(self.key));
-                }
+                let ok = n == 0 || self.send(frames, n, bytes).await;
                 let done = events.sent(n);
                 self.unsent.fetch_sub(done, Ordering::AcqRel);
                 if !ok {
-                    return self.drain(rx).await;
+                    return self.drain(events, rx).await;
                 }
                 continue;
             }
@@ -241,12 +245,21 @@ impl Writer {
                     events.push(more);
                     continue;
                 }
-                Some(Out::Frames(frames)) if !self.batches => self.send(frames).await,
+                Some(Out::Frames(frames)) if !self.batches => {
+                    self.flow.room().await;
+                    self.flow.backlog(-1, frames_len(&frames));
+                    self.send(frames, 0, 0).await
+                }
                 Some(Out::Frames(frames)) => {
+                    self.flow.room().await;
+                    self.flow.backlog(-1, frames_len(&frames));
                     let mut messages = vec![frames];
                     while messages.len() < protocol::MAX_BATCH_COMMANDS {
                         match rx.try_recv() {
-                            Ok(Out::Frames(frames)) => messages.push(frames),
+                            Ok(Out::Frames(frames)) => {
+                                self.flow.backlog(-1, frames_len(&frames));
+                                messages.push(frames);
+                            }
                             Ok(other) => {
                                 held = Some(other);
                                 break;
@@ -260,7 +273,7 @@ impl Writer {
                     } else {
                         protocol::batch(cmd::BROKER_BATCH, messages)
                     };
-                    let ok = self.send(frames).await;
+                    let ok = self.send(frames, 0, 0).await;
                     // The first one is counted below, with the single-item cases.
                     self.unsent.fetch_sub(count - 1, Ordering::AcqRel);
                     ok
@@ -268,12 +281,15 @@ impl Writer {
             };
             self.unsent.fetch_sub(1, Ordering::AcqRel);
             if !ok {
-                return self.drain(rx).await;
+                return self.drain(events, rx).await;
             }
         }
     }
 
-    async fn send(&mut self, frames: Vec<Bytes>) -> bool {
+    /// Sends one message carrying `events` events of `event_bytes`; the caller
+    /// waited for room.
+    async fn send(&mut self, mut frames: Vec<Bytes>, events: usize, event_bytes: usize) -> bool {
+        self.flow.track(&mut frames, events, event_bytes);
         let message = to_message(&self.identity, frames);
         match self.socket.send(message).await {
             Ok(()) => true,
@@ -285,12 +301,16 @@ impl Writer {
     }
 
     /// The client is going away: keep the counters right until the broker drops it.
-    async fn drain(self, mut rx: mpsc::UnboundedReceiver<Out>) {
+    async fn drain(self, events: EventQueue, mut rx: mpsc::UnboundedReceiver<Out>) {
+        let pairs: Vec<(Bytes, Bytes)> = events.pairs.into();
+        self.flow.unqueue_events(pairs.len(), pairs_len(&pairs));
         // From now on every message goes through here and is dropped.
         self.unsent.fetch_add(1, Ordering::AcqRel);
         while let Some(out) = rx.recv().await {
-            if let Out::Events(events) = out {
-                self.queued.fetch_sub(events.len(), Ordering::Relaxed);
+            match out {
+                Out::Events(events) => self.flow.unqueue_events(events.len(), pairs_len(&events)),
+                Out::Frames(frames) => self.flow.backlog(-1, frames_len(&frames)),
+                Out::Started(_) => {}
             }
         }
     }

@@ -5,6 +5,7 @@ mod pubsub;
 mod queues;
 mod rpc;
 
+use super::flow::Marks;
 use super::writer::Outbox;
 use super::{cmd, reject, BrokerConfig, BrokerCounters, Internal};
 use crate::protocol::{self, Malformed};
@@ -186,6 +187,8 @@ impl Subscriptions {
 pub(crate) struct Core {
     config: BrokerConfig,
     socket: zeromq::RouterSendHalf,
+    /// To close the connection of a client that stopped reading.
+    backend: Arc<dyn zeromq::MultiPeerBackend>,
     counters: Arc<BrokerCounters>,
     internal: Option<mpsc::UnboundedSender<Internal>>,
     /// Set when the broker stops: writers then close at once, without flushing,
@@ -212,11 +215,13 @@ impl Core {
     pub(crate) fn new(
         config: BrokerConfig,
         socket: zeromq::RouterSendHalf,
+        backend: Arc<dyn zeromq::MultiPeerBackend>,
         counters: Arc<BrokerCounters>,
     ) -> Core {
         Core {
             config,
             socket,
+            backend,
             counters,
             internal: None,
             closing: Arc::default(),
@@ -333,6 +338,7 @@ impl Core {
             self.counters.dead_clients.fetch_add(1, Ordering::Relaxed);
             self.drop_client(key, "it missed its heartbeats");
         }
+        self.drop_stalled(now);
         for client in self.clients.values() {
             client
                 .outbox
@@ -458,7 +464,10 @@ impl Core {
             key,
             identity.clone(),
             self.socket.clone(),
-            self.config.high_water / 5,
+            Marks {
+                events: self.config.high_water,
+                bytes: self.config.high_water_bytes,
+            },
             batches,
             self.closing.clone(),
             internal,

@@ -1,11 +1,13 @@
-//! Pub/sub in the broker: subscriptions, routing, held-back publish acknowledgements.
+//! Pub/sub in the broker: subscriptions, routing, held-back publish
+//! acknowledgements, and dropping clients that stopped reading.
 
 use super::{Core, Deferred};
-use crate::broker::{cmd, reject};
+use crate::broker::{cmd, hex, reject};
 use crate::protocol::{self, Malformed, Parsed};
 use busbar_core::{Kind, Pattern};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
+use tokio::time::Instant;
 
 impl Core {
     pub(super) fn subscribe(&mut self, key: u64, args: &[Bytes]) -> Parsed<()> {
@@ -90,8 +92,7 @@ impl Core {
             self.counters
                 .events_out
                 .fetch_add(events.len() as u64, Ordering::Relaxed);
-            if client.outbox.events(events) > self.config.high_water {
-                client.outbox.above.store(true, Ordering::Release);
+            if client.outbox.events(events) {
                 blockers.push(client_key);
             }
         }
@@ -125,15 +126,11 @@ impl Core {
         if self.deferred.is_empty() {
             return;
         }
-        let high_water = self.config.high_water;
         let clients = &self.clients;
         let mut release = Vec::new();
         self.deferred.retain_mut(|d| {
-            d.blockers.retain(|b| {
-                clients
-                    .get(b)
-                    .is_some_and(|c| c.outbox.queued.load(Ordering::Relaxed) > high_water)
-            });
+            d.blockers
+                .retain(|b| clients.get(b).is_some_and(|c| c.outbox.flow.above_high()));
             if d.blockers.is_empty() {
                 release.push((d.publisher, d.seq));
                 false
@@ -146,6 +143,40 @@ impl Core {
                 publisher,
                 protocol::message(cmd::PUBACK, [protocol::u64_frame(seq)]),
             );
+        }
+    }
+
+    /// Drops every client that stopped reading (see [`Flow::stalled`]): what
+    /// is queued for it would otherwise hold its publishers back for good, or
+    /// grow without bound. Its connection is closed too, so nothing more is
+    /// queued for it.
+    ///
+    /// [`Flow::stalled`]: crate::broker::flow::Flow::stalled
+    pub(super) fn drop_stalled(&mut self, now: Instant) {
+        let limit = self.config.stall_limit;
+        let stalled: Vec<(u64, String)> = self
+            .clients
+            .iter()
+            .filter_map(|(key, c)| Some((*key, c.outbox.flow.stalled(now, limit)?)))
+            .collect();
+        for (key, why) in stalled {
+            let Some(client) = self.clients.get(&key) else {
+                continue;
+            };
+            let identity = client.identity.clone();
+            tracing::warn!(
+                client = key,
+                peer = %hex(&identity),
+                queued_events = client.outbox.flow.queued(),
+                "client stopped reading ({why}); dropping it"
+            );
+            self.counters
+                .stalled_clients
+                .fetch_add(1, Ordering::Relaxed);
+            self.drop_client(key, "it stopped reading");
+            if let Ok(peer) = zeromq::util::PeerIdentity::try_from(identity) {
+                self.backend.peer_disconnected(&peer);
+            }
         }
     }
 }
