@@ -183,6 +183,23 @@ impl Subscriptions {
     }
 }
 
+/// A number that differs between broker instances, in one process or across
+/// restarts, so that a client can tell from WELCOME that it reached a new broker
+/// (which knows nothing of its subscriptions, providers or held deliveries).
+fn instance_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // RandomState is seeded from the OS once per thread and differs per call.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    hasher.write_u128(since_epoch.as_nanos());
+    hasher.write_u32(std::process::id());
+    hasher.write_u64(STARTED.fetch_add(1, Ordering::Relaxed));
+    hasher.finish().max(1)
+}
+
 pub(crate) struct Core {
     config: BrokerConfig,
     socket: zeromq::RouterSendHalf,
@@ -191,6 +208,7 @@ pub(crate) struct Core {
     /// Set when the broker stops: writers then close at once, without flushing,
     /// so the socket (and its port) is released promptly.
     closing: Arc<std::sync::atomic::AtomicBool>,
+    /// Sent in WELCOME: tells a client whether it reached the same broker.
     broker_id: u64,
     clients: HashMap<u64, Client>,
     by_identity: HashMap<Bytes, u64>,
@@ -220,7 +238,7 @@ impl Core {
             counters,
             internal: None,
             closing: Arc::default(),
-            broker_id: busbar_core::MessageId::new().0 as u64,
+            broker_id: instance_id(),
             clients: HashMap::new(),
             by_identity: HashMap::new(),
             next_key: 1,
