@@ -216,6 +216,9 @@ pub(crate) struct Core {
     subs: Subscriptions,
     queues: HashMap<String, Queue>,
     held: HashMap<u64, Held>,
+    /// The latest tags redelivered after their visibility timeout, oldest first
+    /// (bounded), so that a late ACK is told what happened.
+    expired: VecDeque<u64>,
     next_tag: u64,
     providers: HashMap<String, Providers>,
     calls: HashMap<u64, Call>,
@@ -245,6 +248,7 @@ impl Core {
             subs: Subscriptions::default(),
             queues: HashMap::new(),
             held: HashMap::new(),
+            expired: VecDeque::new(),
             next_tag: 1,
             providers: HashMap::new(),
             calls: HashMap::new(),
@@ -298,6 +302,7 @@ impl Core {
                     if self.held.contains_key(&tag) {
                         tracing::debug!(tag, "visibility timeout: redelivering");
                         self.requeue(tag);
+                        self.remember_expired(tag);
                     }
                 }
                 Timer::Call { token } => {

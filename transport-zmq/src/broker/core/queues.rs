@@ -8,6 +8,10 @@ use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+/// How many tags redelivered after their visibility timeout the broker
+/// remembers, to tell a late ACK so (a linear scan, on errors only).
+const EXPIRED_MEMORY: usize = 4096;
+
 impl Core {
     pub(super) fn put(&mut self, key: u64, args: &[Bytes]) -> Parsed<()> {
         let [req, envelope] = protocol::args(args, "PUT")?;
@@ -223,19 +227,41 @@ impl Core {
             let answer = if known || !ack {
                 protocol::message(cmd::OK, [protocol::u64_frame(req)])
             } else {
+                let why = self.unknown_tag(tag);
                 protocol::message(
                     cmd::ERROR,
-                    [
-                        protocol::u64_frame(req),
-                        protocol::text_frame(
-                            "the delivery was not acknowledged within its visibility timeout and was redelivered",
-                        ),
-                    ],
+                    [protocol::u64_frame(req), protocol::text_frame(&why)],
                 )
             };
             self.send(key, answer);
         }
         Ok(())
+    }
+
+    pub(super) fn remember_expired(&mut self, tag: u64) {
+        if self.expired.len() == EXPIRED_MEMORY {
+            self.expired.pop_front();
+        }
+        self.expired.push_back(tag);
+    }
+
+    /// Why an ACK's tag is not held by its sender, as far as the broker can tell.
+    fn unknown_tag(&self, tag: u64) -> String {
+        if tag == 0 || tag >= self.next_tag {
+            format!("unknown delivery tag {tag}: never issued by this broker")
+        } else if self.held.contains_key(&tag) {
+            format!("delivery tag {tag} is held by another client")
+        } else if self.expired.contains(&tag) {
+            format!(
+                "delivery tag {tag} was not acknowledged within its visibility timeout: \
+                 the item was put back for redelivery"
+            )
+        } else {
+            format!(
+                "delivery tag {tag} is no longer held: already settled (acked or nacked), \
+                 or put back for redelivery (visibility timeout or lost consumer) too long ago to tell"
+            )
+        }
     }
 
     pub(super) fn len(&mut self, key: u64, args: &[Bytes]) -> Parsed<()> {

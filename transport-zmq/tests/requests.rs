@@ -1,0 +1,235 @@
+//! Bad input from a client, sent frame by frame with a raw DEALER: the broker
+//! validates every envelope before storing or forwarding it, and answers every
+//! request whose number (subscription id, provider id, batch number, request
+//! id) it could read, so no client waits for its timeout. Each broker here is
+//! the test's own, on a free loopback port.
+
+#![allow(dead_code, unused_imports)]
+
+use busbar_core::{wire, ContentType, Envelope, Error, EventBus, Kind, MessageId, Name};
+use busbar_zmq::{Broker, BrokerConfig, ZmqBus};
+use bytes::Bytes;
+use std::time::Duration;
+use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+const PUBLISH: u8 = 0x12;
+const SUBSCRIBE: u8 = 0x10;
+const PUT: u8 = 0x20;
+const FETCH: u8 = 0x21;
+const ACK: u8 = 0x22;
+const LEN: u8 = 0x24;
+const SERVE: u8 = 0x30;
+const CALL: u8 = 0x32;
+const CALL_ALL: u8 = 0x33;
+const REPLY: u8 = 0x34;
+const BATCH: u8 = 0x7F;
+
+const SUBSCRIBED: u8 = 0x90;
+const EVENT: u8 = 0x91;
+const PUBACK: u8 = 0x92;
+const SUBSCRIBE_ERROR: u8 = 0x93;
+const PUBLISH_ERROR: u8 = 0x94;
+const OK: u8 = 0xA0;
+const ITEM: u8 = 0xA1;
+const COUNT: u8 = 0xA3;
+const ERROR: u8 = 0xAF;
+const SERVING: u8 = 0xB0;
+const REQUEST: u8 = 0xB1;
+const FAILED: u8 = 0xB5;
+const SERVE_ERROR: u8 = 0xB7;
+const CALL_ERROR: u8 = 0xB8;
+const BROKER_BATCH: u8 = 0xFF;
+
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
+    }
+}
+
+async fn broker() -> Broker {
+    // Steady heartbeats: a busy machine never makes a raw client look dead.
+    let config = BrokerConfig {
+        heartbeat: Duration::from_millis(500),
+        liveness: 6,
+        ..BrokerConfig::default()
+    };
+    Broker::bind_with("tcp://127.0.0.1:0", config)
+        .await
+        .unwrap()
+}
+
+fn u64b(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+fn u32b(n: u32) -> [u8; 4] {
+    n.to_be_bytes()
+}
+
+fn envelope(kind: Kind, subject: &str) -> Envelope {
+    Envelope::new(
+        kind,
+        Name::new(subject).unwrap(),
+        ContentType::JSON,
+        Bytes::from_static(b"1"),
+    )
+}
+
+fn encoded(kind: Kind, subject: &str) -> Vec<u8> {
+    wire::encode(&envelope(kind, subject)).unwrap().to_vec()
+}
+
+/// Three envelopes the client decoder refuses though their head is fine: one
+/// byte short, one byte too long, and 300 headers (the limit is 256).
+fn malformed(kind: Kind, subject: &str) -> Vec<Vec<u8>> {
+    let good = encoded(kind, subject);
+    let truncated = good[..good.len() - 1].to_vec();
+    let mut trailing = good.clone();
+    trailing.push(0);
+    // Header count sits after the fixed head, the subject and the content type.
+    let at = 28 + 2 + subject.len() + 1 + ContentType::JSON.as_str().len();
+    let mut headers = good[..at].to_vec();
+    headers.extend_from_slice(&300u16.to_be_bytes());
+    for _ in 0..300 {
+        headers.extend_from_slice(&[0, 1, b'k', 0, 1, b'v']);
+    }
+    headers.extend_from_slice(&good[at + 2..]);
+    for bad in [&truncated, &trailing, &headers] {
+        assert!(wire::decode(&Bytes::from(bad.clone()), 1 << 20).is_err());
+    }
+    vec![truncated, trailing, headers]
+}
+
+/// A hand-driven client speaking the protocol frame by frame.
+struct Raw {
+    socket: zeromq::DealerSocket,
+}
+
+impl Raw {
+    async fn hello_with(endpoint: &str, features: Option<&str>) -> Raw {
+        let mut socket = zeromq::DealerSocket::new();
+        socket.connect(endpoint).await.unwrap();
+        let mut raw = Raw { socket };
+        match features {
+            None => raw.send(&[b"BBZ1", &[0x01], b"raw-test"]).await,
+            Some(f) => {
+                raw.send(&[b"BBZ1", &[0x01], b"raw-test", f.as_bytes()])
+                    .await
+            }
+        }
+        raw.expect(0x81).await;
+        raw
+    }
+
+    async fn hello(endpoint: &str) -> Raw {
+        Raw::hello_with(endpoint, None).await
+    }
+
+    async fn send(&mut self, parts: &[&[u8]]) {
+        let mut message = ZmqMessage::from(Bytes::copy_from_slice(parts[0]));
+        for part in &parts[1..] {
+            message.push_back(Bytes::copy_from_slice(part));
+        }
+        self.socket.send(message).await.unwrap();
+    }
+
+    /// The next message other than a heartbeat.
+    async fn next(&mut self) -> Vec<Bytes> {
+        within("a message from the broker", async {
+            loop {
+                let message = self.socket.recv().await.unwrap().into_vec();
+                if message.get(1).map(|c| c.as_ref()) != Some(&[0x82]) {
+                    return message;
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next message, which must be `command`.
+    async fn expect(&mut self, command: u8) -> Vec<Bytes> {
+        let message = self.next().await;
+        assert_eq!(
+            message[1].as_ref(),
+            [command],
+            "expected command 0x{command:02x}, got {message:?}"
+        );
+        message
+    }
+
+    /// The next message must be the error answer `command` naming `id`.
+    async fn expect_error(&mut self, command: u8, id: &[u8]) -> String {
+        let message = self.expect(command).await;
+        assert_eq!(message[2].as_ref(), id, "{message:?}");
+        String::from_utf8_lossy(message.last().unwrap()).into_owned()
+    }
+
+    async fn len(&mut self, queue: &str) -> u64 {
+        self.send(&[b"BBZ1", &[LEN], &u64b(7), queue.as_bytes()])
+            .await;
+        let count = self.expect(COUNT).await;
+        u64::from_be_bytes(count[3].as_ref().try_into().unwrap())
+    }
+}
+
+/// Item 5 of issue 14: an ACK of an unknown tag said "redelivered".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_says_why_its_tag_is_unknown() {
+    let broker = broker().await;
+    let mut raw = Raw::hello(broker.endpoint()).await;
+    async fn ack(raw: &mut Raw, req: u64, tag: Bytes) -> (u8, String) {
+        raw.send(&[b"BBZ1", &[ACK], &u64b(req), &tag]).await;
+        let message = raw.next().await;
+        let why = message
+            .get(3)
+            .map(|m| String::from_utf8_lossy(m).into_owned());
+        (message[1][0], why.unwrap_or_default())
+    }
+    /// Puts one item and receives it with `visibility` ms: its delivery tag.
+    async fn fetch(raw: &mut Raw, visibility: u32) -> Bytes {
+        let item = encoded(Kind::QueueItem, "tags.q");
+        raw.send(&[b"BBZ1", &[PUT], &u64b(1), &item]).await;
+        raw.expect(OK).await;
+        raw.send(&[
+            b"BBZ1",
+            &[FETCH],
+            &u64b(2),
+            b"tags.q",
+            &u32b(5000),
+            &u32b(visibility),
+        ])
+        .await;
+        raw.expect(ITEM).await[3].clone()
+    }
+
+    let (answer, why) = ack(&mut raw, 10, Bytes::copy_from_slice(&u64b(999_999))).await;
+    assert_eq!(answer, ERROR);
+    assert!(why.contains("never issued"), "{why}");
+    assert!(!why.contains("visibility"), "{why}");
+
+    let tag = fetch(&mut raw, 60_000).await;
+    assert_eq!(ack(&mut raw, 11, tag.clone()).await.0, OK);
+    let (answer, why) = ack(&mut raw, 12, tag).await;
+    assert_eq!(answer, ERROR);
+    assert!(why.contains("already settled"), "{why}");
+
+    // Held for 1 ms: redelivered long before the ack comes.
+    let tag = fetch(&mut raw, 1).await;
+    raw.send(&[
+        b"BBZ1",
+        &[FETCH],
+        &u64b(3),
+        b"tags.q",
+        &u32b(5000),
+        &u32b(60_000),
+    ])
+    .await;
+    let again = raw.expect(ITEM).await;
+    assert_eq!(again[4].as_ref(), u32b(2), "the second attempt");
+    let (answer, why) = ack(&mut raw, 13, tag).await;
+    assert_eq!(answer, ERROR);
+    assert!(why.contains("visibility timeout"), "{why}");
+}
