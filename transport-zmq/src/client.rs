@@ -60,6 +60,8 @@ pub(crate) enum CallEvent {
     NoResponders,
     Fanout(u32),
     Failed(String),
+    /// The broker refused the request itself (CALL_ERROR).
+    Refused(String),
     Withdrawn,
     Lost,
 }
@@ -595,6 +597,7 @@ impl EventBus for ZmqBus {
                 Ok(Some(CallEvent::Reply(reply))) => return Ok(*reply),
                 Ok(Some(CallEvent::NoResponders)) => return Err(no_responders(&request)),
                 Ok(Some(CallEvent::Failed(message))) => return Err(Error::transport(message)),
+                Ok(Some(CallEvent::Refused(message))) => return Err(Error::Malformed(message)),
                 Ok(Some(CallEvent::Fanout(_))) | Ok(Some(CallEvent::Withdrawn)) => {}
             }
         }
@@ -617,6 +620,7 @@ impl EventBus for ZmqBus {
                 }
                 Ok(Some(CallEvent::Fanout(n))) => expected = Some(n as usize),
                 Ok(Some(CallEvent::NoResponders)) => return Err(no_responders(&request)),
+                Ok(Some(CallEvent::Refused(message))) => return Err(Error::Malformed(message)),
                 Ok(Some(CallEvent::Reply(reply))) => out.push(Ok(*reply)),
                 Ok(Some(CallEvent::Failed(message))) => out.push(Err(Error::transport(message))),
                 Ok(Some(CallEvent::Withdrawn)) => {

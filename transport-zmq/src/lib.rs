@@ -46,6 +46,7 @@ mod broker;
 mod client;
 mod config;
 mod connection;
+mod inbound;
 mod protocol;
 
 pub use broker::{Broker, BrokerConfig, BrokerStats};

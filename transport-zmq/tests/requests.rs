@@ -175,6 +175,178 @@ impl Raw {
     }
 }
 
+/// Item 2 of issue 14: malformed envelopes were stored by PUT (and answered OK)
+/// and forwarded by PUBLISH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_envelopes_are_refused_before_storing_or_forwarding() {
+    let broker = broker().await;
+    let mut raw = Raw::hello(broker.endpoint()).await;
+    for (i, bad) in malformed(Kind::QueueItem, "bad.env.q").iter().enumerate() {
+        let req = u64b(100 + i as u64);
+        raw.send(&[b"BBZ1", &[PUT], &req, bad]).await;
+        let why = raw.expect_error(ERROR, &req).await;
+        assert!(!why.is_empty());
+    }
+    assert_eq!(
+        raw.len("bad.env.q").await,
+        0,
+        "nothing malformed was stored"
+    );
+    assert_eq!(broker.stats().rejected, 3);
+
+    let mut subscriber = Raw::hello(broker.endpoint()).await;
+    subscriber
+        .send(&[b"BBZ1", &[SUBSCRIBE], &u64b(1), b"bad.env.t"])
+        .await;
+    subscriber.expect(SUBSCRIBED).await;
+    let good = encoded(Kind::Event, "bad.env.t");
+    let bad = malformed(Kind::Event, "bad.env.t");
+    raw.send(&[
+        b"BBZ1",
+        &[PUBLISH],
+        &u64b(1),
+        &bad[0],
+        &good,
+        &bad[1],
+        &bad[2],
+    ])
+    .await;
+    let sentinel = encoded(Kind::Event, "bad.env.t");
+    raw.send(&[b"BBZ1", &[PUBLISH], &u64b(2), &sentinel]).await;
+    let mut seen = Vec::new();
+    while !seen.contains(&Bytes::from(sentinel.clone())) {
+        let message = subscriber.expect(EVENT).await;
+        seen.extend(message[2..].chunks(2).map(|pair| pair[1].clone()));
+    }
+    assert_eq!(
+        seen,
+        vec![Bytes::from(good), Bytes::from(sentinel)],
+        "only the well-formed events are forwarded"
+    );
+    assert_eq!(
+        broker.stats().rejected,
+        6,
+        "each refused envelope is counted"
+    );
+}
+
+/// Item 3 of issue 14: requests with a readable number got no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_with_a_readable_number_gets_an_answer() {
+    let broker = broker().await;
+    let mut raw = Raw::hello(broker.endpoint()).await;
+    let item = encoded(Kind::QueueItem, "answers.q");
+    let event = encoded(Kind::Event, "answers.t");
+    let reply = encoded(Kind::Reply, "answers.t");
+
+    // Requests with a request number: ERROR req message.
+    let (ten, zero) = (u32b(10), u32b(0));
+    let errors: Vec<(u64, Vec<&[u8]>)> = vec![
+        (11, vec![&[PUT]]),
+        (12, vec![&[PUT], &item, b"extra"]),
+        (13, vec![&[FETCH], b"answers.q"]),
+        (14, vec![&[FETCH], &[0xff, 0xfe], &ten, &zero]),
+        (15, vec![&[FETCH], b"answers.q", &[0, 1], &zero]),
+        (16, vec![&[LEN], &[0xff]]),
+        (17, vec![&[ACK], &[1, 2, 3]]),
+        (18, vec![&[PUT], &event]),
+    ];
+    for (req, parts) in &errors {
+        let req = u64b(*req);
+        let mut message: Vec<&[u8]> = vec![b"BBZ1", parts[0], &req];
+        message.extend(&parts[1..]);
+        raw.send(&message).await;
+        let why = raw.expect_error(ERROR, &req).await;
+        assert!(!why.is_empty(), "{message:?}");
+    }
+
+    // A subscription the broker refuses, with its id.
+    raw.send(&[b"BBZ1", &[SUBSCRIBE], &u64b(21), b"a.>.b"])
+        .await;
+    let why = raw.expect_error(SUBSCRIBE_ERROR, &u64b(21)).await;
+    assert!(why.contains("a.>.b"), "{why}");
+    // A provider the broker refuses, with its id.
+    raw.send(&[b"BBZ1", &[SERVE], &u64b(22), b"bad method"])
+        .await;
+    raw.expect_error(SERVE_ERROR, &u64b(22)).await;
+
+    // A call whose envelope is not a request: CALL_ERROR with its id, at once.
+    let wrong = envelope(Kind::Event, "answers.m");
+    let bytes = wire::encode(&wrong).unwrap();
+    for command in [CALL, CALL_ALL] {
+        raw.send(&[b"BBZ1", &[command], &bytes]).await;
+        raw.expect_error(CALL_ERROR, &wrong.id.0.to_be_bytes())
+            .await;
+    }
+
+    // PUBLISH without an envelope, or with one that is not an event: each
+    // refused envelope is named, then the batch is acknowledged as usual.
+    raw.send(&[b"BBZ1", &[PUBLISH], &u64b(31)]).await;
+    raw.expect_error(PUBLISH_ERROR, &u64b(31)).await;
+    raw.expect_error(PUBACK, &u64b(31)).await;
+    raw.send(&[b"BBZ1", &[PUBLISH], &u64b(32), &event, &reply])
+        .await;
+    let refused = raw.expect(PUBLISH_ERROR).await;
+    assert_eq!(refused[2].as_ref(), u64b(32));
+    assert_eq!(refused[3].as_ref(), u32b(1), "the second envelope is named");
+    raw.expect_error(PUBACK, &u64b(32)).await;
+    assert_eq!(broker.stats().rejected, 14);
+}
+
+/// A provider's REPLY the broker cannot forward fails the call at once
+/// instead of leaving the caller to its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_reply_fails_the_call() {
+    let broker = broker().await;
+    let mut provider = Raw::hello(broker.endpoint()).await;
+    provider
+        .send(&[b"BBZ1", &[SERVE], &u64b(1), b"answers.m"])
+        .await;
+    provider.expect(SERVING).await;
+    let mut caller = Raw::hello(broker.endpoint()).await;
+    let request = envelope(Kind::Request, "answers.m").with_timeout(Duration::from_secs(60));
+    let bad_replies = [
+        // Not a reply at all.
+        encoded(Kind::Event, "answers.m"),
+        // A reply to another request.
+        {
+            let mut reply = envelope(Kind::Reply, "answers.m");
+            reply.correlation_id = Some(MessageId(12345));
+            wire::encode(&reply).unwrap().to_vec()
+        },
+    ];
+    for bad in &bad_replies {
+        caller
+            .send(&[b"BBZ1", &[CALL], &wire::encode(&request).unwrap()])
+            .await;
+        let forwarded = provider.expect(REQUEST).await;
+        provider
+            .send(&[b"BBZ1", &[REPLY], &forwarded[2], bad])
+            .await;
+        let why = caller
+            .expect_error(FAILED, &request.id.0.to_be_bytes())
+            .await;
+        assert!(why.contains("reply"), "{why}");
+    }
+}
+
+/// The Rust client turns the new answers into errors at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_surfaces_refusals_as_errors() {
+    let broker = broker().await;
+    let bus = ZmqBus::connect(&broker.url()).await.unwrap();
+    let mut wrong = envelope(Kind::Event, "answers.m");
+    wrong.deadline_ms = Some(busbar_core::now_millis() + 60_000);
+    let err = within("a refused call", bus.call(wrong.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Malformed(_)), "{err:?}");
+    let err = within("a refused call_all", bus.call_all(wrong))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Malformed(_)), "{err:?}");
+}
+
 /// Item 5 of issue 14: an ACK of an unknown tag said "redelivered".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ack_says_why_its_tag_is_unknown() {

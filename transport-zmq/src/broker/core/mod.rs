@@ -3,6 +3,7 @@
 
 mod pubsub;
 mod queues;
+mod refuse;
 mod rpc;
 
 use super::writer::Outbox;
@@ -447,7 +448,7 @@ impl Core {
             other => Err(Malformed(format!("unknown command 0x{other:02x}"))),
         };
         if let Err(why) = outcome {
-            reject(&self.counters, identity, &why);
+            self.refuse(key, command, args, &why);
         }
     }
 

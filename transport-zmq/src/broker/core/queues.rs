@@ -16,11 +16,11 @@ impl Core {
     pub(super) fn put(&mut self, key: u64, args: &[Bytes]) -> Parsed<()> {
         let [req, envelope] = protocol::args(args, "PUT")?;
         let req = protocol::read_u64(&req, "request number")?;
-        let queue = match protocol::peek(&envelope, self.config.max_envelope) {
-            Ok(peek) if peek.kind == Kind::QueueItem => peek.subject.to_owned(),
-            Ok(_) => return self.fail(key, req, "PUT: the envelope is not a queue item"),
-            Err(why) => return self.fail(key, req, &why.0),
-        };
+        let view = protocol::envelope(&envelope, self.config.max_envelope)?;
+        if view.kind != Kind::QueueItem {
+            return Err(Malformed("PUT: the envelope is not a queue item".into()));
+        }
+        let queue = view.subject.to_owned();
         self.queues
             .entry(queue.clone())
             .or_default()
@@ -34,24 +34,12 @@ impl Core {
         Ok(())
     }
 
-    /// Answers a request with ERROR and reports the malformation.
-    pub(super) fn fail(&mut self, key: u64, req: u64, why: &str) -> Parsed<()> {
-        self.send(
-            key,
-            protocol::message(
-                cmd::ERROR,
-                [protocol::u64_frame(req), protocol::text_frame(why)],
-            ),
-        );
-        Err(Malformed(why.to_owned()))
-    }
-
     pub(super) fn fetch(&mut self, key: u64, args: &[Bytes]) -> Parsed<()> {
         let [req, queue, timeout, visibility] = protocol::args(args, "FETCH")?;
         let req = protocol::read_u64(&req, "request number")?;
         let queue = protocol::read_text(&queue, "queue")?.to_owned();
-        if busbar_core::Name::new(&queue).is_err() {
-            return self.fail(key, req, "FETCH: invalid queue name");
+        if let Err(err) = busbar_core::Name::new(&queue) {
+            return Err(Malformed(format!("FETCH: {err}")));
         }
         let timeout = Duration::from_millis(protocol::read_u32(&timeout, "timeout")? as u64);
         let visibility =
@@ -176,11 +164,11 @@ impl Core {
     pub(super) fn give_back(&mut self, key: u64, args: &[Bytes]) -> Parsed<()> {
         let [attempt, envelope] = protocol::args(args, "RETURN")?;
         let attempt = protocol::read_u32(&attempt, "attempt")?;
-        let queue = match protocol::peek(&envelope, self.config.max_envelope) {
-            Ok(peek) if peek.kind == Kind::QueueItem => peek.subject.to_owned(),
-            Ok(_) => return Err(Malformed("RETURN: the envelope is not a queue item".into())),
-            Err(why) => return Err(why),
-        };
+        let view = protocol::envelope(&envelope, self.config.max_envelope)?;
+        if view.kind != Kind::QueueItem {
+            return Err(Malformed("RETURN: the envelope is not a queue item".into()));
+        }
+        let queue = view.subject.to_owned();
         tracing::debug!(client = key, %queue, "an item came back unused");
         self.queues
             .entry(queue.clone())
