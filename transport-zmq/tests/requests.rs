@@ -4,8 +4,6 @@
 //! id) it could read, so no client waits for its timeout. Each broker here is
 //! the test's own, on a free loopback port.
 
-#![allow(dead_code, unused_imports)]
-
 use busbar_core::{wire, ContentType, Envelope, Error, EventBus, Kind, MessageId, Name};
 use busbar_zmq::{Broker, BrokerConfig, ZmqBus};
 use bytes::Bytes;
@@ -404,4 +402,59 @@ async fn an_ack_says_why_its_tag_is_unknown() {
     let (answer, why) = ack(&mut raw, 13, tag).await;
     assert_eq!(answer, ERROR);
     assert!(why.contains("visibility timeout"), "{why}");
+}
+
+/// Item 6 of issue 14: a client that asked for `batch` never got a
+/// BROKER_BATCH. The answers to one BATCH now come back in one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answers_to_a_batch_come_back_in_one_broker_batch() {
+    let broker = broker().await;
+    let mut raw = Raw::hello_with(broker.endpoint(), Some("batch")).await;
+    let mut frames: Vec<Vec<u8>> = vec![b"BBZ1".to_vec(), vec![BATCH]];
+    for req in 1..=10u64 {
+        frames.push(vec![LEN, 0, 2]);
+        frames.push(u64b(req).to_vec());
+        frames.push(b"batch.q".to_vec());
+    }
+    let parts: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    raw.send(&parts).await;
+    let message = raw.expect(BROKER_BATCH).await;
+    // 10 × (head, req, count)
+    assert_eq!(message.len(), 2 + 30, "{message:?}");
+    for (i, answer) in message[2..].chunks(3).enumerate() {
+        assert_eq!(answer[0].as_ref(), [COUNT, 0, 2]);
+        assert_eq!(answer[1].as_ref(), u64b(i as u64 + 1));
+    }
+
+    // A PUBLISH in a batch: its events do not overtake the answers before it.
+    let event = encoded(Kind::Event, "batch.t");
+    let (one, eleven) = (u64b(1), u64b(11));
+    let parts: Vec<&[u8]> = vec![
+        b"BBZ1",
+        &[BATCH],
+        &[SUBSCRIBE, 0, 2],
+        &one,
+        b"batch.t",
+        &[PUBLISH, 0, 2],
+        &one,
+        &event,
+        &[LEN, 0, 2],
+        &eleven,
+        b"batch.q",
+    ];
+    raw.send(&parts).await;
+    raw.expect_error(SUBSCRIBED, &u64b(1)).await;
+    assert_eq!(raw.expect(EVENT).await[3], Bytes::from(event));
+    let message = raw.expect(BROKER_BATCH).await;
+    assert_eq!(message.len(), 2 + 2 + 3, "{message:?}");
+    assert_eq!(message[2].as_ref(), [PUBACK, 0, 1]);
+    assert_eq!(message[4].as_ref(), [COUNT, 0, 2]);
+
+    // Without the feature, each answer comes alone.
+    let parts: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    let mut plain = Raw::hello(broker.endpoint()).await;
+    plain.send(&parts).await;
+    for req in 1..=10u64 {
+        plain.expect_error(COUNT, &u64b(req)).await;
+    }
 }

@@ -1,6 +1,7 @@
 //! The broker's state and its reaction to each command. Runs in one task, so it
 //! needs no locks; every send goes through a client's [`Outbox`].
 
+mod batch;
 mod pubsub;
 mod queues;
 mod refuse;
@@ -32,6 +33,8 @@ const CALL_RETENTION: Duration = Duration::from_secs(60);
 struct Client {
     identity: Bytes,
     outbox: Outbox,
+    /// It asked for BROKER_BATCH (HELLO feature `batch`).
+    batches: bool,
     last_seen: Instant,
     subs: HashSet<u64>,
     serves: HashMap<u64, String>,
@@ -228,6 +231,7 @@ pub(crate) struct Core {
     timers: BinaryHeap<Reverse<TimerEntry>>,
     timer_seq: u64,
     scratch: Vec<Target>,
+    collecting: Option<batch::Collect>,
 }
 
 impl Core {
@@ -258,6 +262,7 @@ impl Core {
             timers: BinaryHeap::new(),
             timer_seq: 0,
             scratch: Vec::new(),
+            collecting: None,
         }
     }
 
@@ -387,19 +392,7 @@ impl Core {
         }
         if command == cmd::BATCH {
             match protocol::unbatch(args) {
-                Ok(commands) => {
-                    for (command, args) in commands {
-                        if command == cmd::HELLO {
-                            reject(
-                                &self.counters,
-                                identity,
-                                &Malformed("BATCH: HELLO must come alone".into()),
-                            );
-                            continue;
-                        }
-                        self.command(identity, command, args);
-                    }
-                }
+                Ok(commands) => self.batch(identity, commands),
                 Err(why) => reject(&self.counters, identity, &why),
             }
             return;
@@ -463,12 +456,6 @@ impl Core {
         });
     }
 
-    fn send(&self, key: u64, frames: Vec<Bytes>) {
-        if let Some(client) = self.clients.get(&key) {
-            client.outbox.send(frames);
-        }
-    }
-
     fn hello(&mut self, identity: Bytes, batches: bool) {
         if let Some(old) = self.by_identity.get(&identity).copied() {
             self.drop_client(old, "it said hello again");
@@ -483,7 +470,9 @@ impl Core {
             identity.clone(),
             self.socket.clone(),
             self.config.high_water / 5,
-            batches,
+            // The core packs answers itself (batch.rs); the writer must not
+            // pack those BROKER_BATCH messages into another one.
+            false,
             self.closing.clone(),
             internal,
         );
@@ -500,6 +489,7 @@ impl Core {
             Client {
                 identity: identity.clone(),
                 outbox,
+                batches,
                 last_seen: Instant::now(),
                 subs: HashSet::new(),
                 serves: HashMap::new(),
@@ -515,6 +505,10 @@ impl Core {
     /// Forgets a client: its subscriptions and providers vanish, its unacked
     /// items go back to their queues, and calls it was serving fail at once.
     fn drop_client(&mut self, key: u64, why: &str) {
+        if self.collecting.as_ref().is_some_and(|c| c.key == key) {
+            // A BYE in a BATCH: what was answered before it goes out first.
+            self.flush_collected(false);
+        }
         let Some(client) = self.clients.remove(&key) else {
             return;
         };

@@ -119,7 +119,7 @@ impl Core {
 
     /// One envelope of a PUBLISH batch is not routed: counted, logged, and the
     /// publisher told which (before the batch's PUBACK).
-    fn refuse_event(&self, key: u64, seq: u64, index: usize, why: Malformed) {
+    fn refuse_event(&mut self, key: u64, seq: u64, index: usize, why: Malformed) {
         self.reject_from(key, &why);
         self.send(
             key,

@@ -145,8 +145,8 @@ impl Core {
             );
             if let Some(client) = self.clients.get_mut(&waiter.client) {
                 client.tags.insert(tag);
-                client.outbox.send(frames);
             }
+            self.send(waiter.client, frames);
             self.held.insert(
                 tag,
                 Held {

@@ -128,8 +128,8 @@ impl Core {
         );
         if let Some(client) = self.clients.get_mut(&call.provider) {
             client.served_calls.insert(token);
-            client.outbox.send(frames);
         }
+        self.send(call.provider, frames);
         self.calls.insert(token, call);
         self.schedule(retention, Timer::Call { token });
     }
