@@ -440,6 +440,37 @@ mod tests {
     }
 
     #[test]
+    fn check_reads_in_place_what_decode_reads() {
+        let e = sample();
+        let bytes = encode(&e).unwrap();
+        let view = check(&bytes, DEFAULT_MAX_ENVELOPE).unwrap();
+        assert_eq!(
+            (view.kind, view.id, view.subject, view.reply_to),
+            (e.kind, e.id, e.subject.as_str(), e.reply_to.as_deref())
+        );
+        assert_eq!(
+            (view.correlation_id, view.deadline_ms, view.header_count),
+            (e.correlation_id, e.deadline_ms, 1)
+        );
+        assert_eq!(view.signed_len, encode_unsigned(&e).unwrap().len());
+    }
+
+    #[test]
+    fn too_many_headers_are_refused() {
+        let e = Envelope::new(
+            Kind::Event,
+            Name::new("a.b").unwrap(),
+            ContentType::JSON,
+            Bytes::new(),
+        );
+        let mut bytes = encode(&e).unwrap().to_vec();
+        let at = 28 + 2 + 3 + 1 + ContentType::JSON.as_str().len();
+        bytes[at..at + 2].copy_from_slice(&(MAX_HEADERS as u16 + 1).to_be_bytes());
+        let err = check(&bytes, DEFAULT_MAX_ENVELOPE).unwrap_err();
+        assert!(err.to_string().contains("headers exceed"), "{err}");
+    }
+
+    #[test]
     fn trailing_bytes_are_refused() {
         let mut bytes = encode(&sample()).unwrap().to_vec();
         bytes.push(0);

@@ -231,6 +231,7 @@ pub(crate) struct Core {
     timers: BinaryHeap<Reverse<TimerEntry>>,
     timer_seq: u64,
     scratch: Vec<Target>,
+    /// The answers held back for the client whose BATCH is being handled.
     collecting: Option<batch::Collect>,
 }
 
