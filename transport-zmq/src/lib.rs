@@ -42,6 +42,7 @@
 //!   or seal envelopes for that.
 #![deny(missing_docs)]
 
+mod acker;
 mod broker;
 mod client;
 mod config;
