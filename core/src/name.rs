@@ -36,6 +36,11 @@ impl Name {
         Ok(Name(Text::Static(name)))
     }
 
+    /// A name [`validate`]d already (by the wire decoder), without checking again.
+    pub(crate) fn checked(name: &str) -> Self {
+        Name(Text::Shared(Arc::from(name)))
+    }
+
     /// The name as a string slice.
     pub fn as_str(&self) -> &str {
         match &self.0 {
@@ -213,7 +218,7 @@ impl fmt::Debug for Pattern {
     }
 }
 
-fn validate(text: &str, wildcards: bool) -> Result<()> {
+pub(crate) fn validate(text: &str, wildcards: bool) -> Result<()> {
     let invalid = |reason| {
         Err(Error::InvalidName {
             name: text.chars().take(MAX_NAME_LEN).collect(),

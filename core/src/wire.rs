@@ -157,6 +157,74 @@ pub fn decode(input: &Bytes, max_len: usize) -> Result<Envelope> {
 
 /// Like [`decode`], also telling which prefix of the input the signature covers.
 pub fn decode_with_span(input: &Bytes, max_len: usize) -> Result<Decoded> {
+    let view = check(input, max_len)?;
+    let content_type = match view.content_type {
+        // The usual one costs no allocation.
+        json if json == ContentType::JSON.as_str() => ContentType::JSON,
+        other => ContentType::new(other.to_owned()),
+    };
+    let mut headers = Vec::with_capacity(view.header_count);
+    let mut r = Reader {
+        input: view.headers,
+        pos: 0,
+    };
+    for _ in 0..view.header_count {
+        let key = r.str16()?.to_owned();
+        let value = r.str16()?.to_owned();
+        headers.push((key, value));
+    }
+    Ok(Decoded {
+        envelope: Envelope {
+            id: view.id,
+            kind: view.kind,
+            subject: Name::checked(view.subject),
+            timestamp_ms: view.timestamp_ms,
+            deadline_ms: view.deadline_ms,
+            reply_to: view.reply_to.map(str::to_owned),
+            correlation_id: view.correlation_id,
+            headers,
+            content_type,
+            payload: input.slice(view.payload),
+            signature: input.slice(view.signature),
+        },
+        signed_len: view.signed_len,
+    })
+}
+
+/// An encoded envelope that passed every check of [`decode`], read in place:
+/// nothing copied, nothing allocated. What a broker needs to route an envelope
+/// it forwards as it came.
+#[derive(Debug, Clone)]
+pub struct View<'a> {
+    /// The message kind.
+    pub kind: Kind,
+    /// The message id.
+    pub id: MessageId,
+    /// When the message was made, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The deadline, if any.
+    pub deadline_ms: Option<u64>,
+    /// The id of the request a reply answers.
+    pub correlation_id: Option<MessageId>,
+    /// The subject (topic, queue or method), a valid name.
+    pub subject: &'a str,
+    /// Where replies go, if set.
+    pub reply_to: Option<&'a str>,
+    /// The payload's content type.
+    pub content_type: &'a str,
+    /// How many headers there are.
+    pub header_count: usize,
+    /// The encoded headers (each key and value a str16), already checked.
+    headers: &'a [u8],
+    payload: std::ops::Range<usize>,
+    signature: std::ops::Range<usize>,
+    /// Length of the prefix covered by the signature.
+    pub signed_len: usize,
+}
+
+/// Checks `input` exactly as [`decode`] does (the same code) and returns a
+/// borrowed view of it, without copying anything.
+pub fn check(input: &[u8], max_len: usize) -> Result<View<'_>> {
     if input.len() > max_len {
         return Err(Error::TooLarge {
             size: input.len(),
@@ -190,52 +258,48 @@ pub fn decode_with_span(input: &Bytes, max_len: usize) -> Result<Decoded> {
     } else {
         None
     };
-    let subject = Name::new(r.str16()?)?;
+    let subject = r.str16()?;
+    crate::name::validate(subject, false)?;
     let reply_to = if flags & HAS_REPLY_TO != 0 {
-        Some(r.str16()?.to_owned())
+        Some(r.str16()?)
     } else {
         None
     };
     let content_type_len = r.u8()? as usize;
-    let content_type = match r.str(content_type_len)? {
-        // The usual one costs no allocation.
-        json if json == ContentType::JSON.as_str() => ContentType::JSON,
-        other => ContentType::new(other.to_owned()),
-    };
+    let content_type = r.str(content_type_len)?;
     let header_count = r.u16()? as usize;
     if header_count > MAX_HEADERS {
         return Err(Error::Malformed(format!(
             "{header_count} headers exceed the limit of {MAX_HEADERS}"
         )));
     }
-    let mut headers = Vec::with_capacity(header_count);
+    let headers_start = r.pos;
     for _ in 0..header_count {
-        let key = r.str16()?.to_owned();
-        let value = r.str16()?.to_owned();
-        headers.push((key, value));
+        r.str16()?;
+        r.str16()?;
     }
+    let headers = &input[headers_start..r.pos];
     let payload_len = r.u32()? as usize;
-    let payload = r.bytes(payload_len)?;
+    let payload = r.range(payload_len)?;
     let signed_len = r.pos;
     let signature_len = r.u16()? as usize;
-    let signature = r.bytes(signature_len)?;
+    let signature = r.range(signature_len)?;
     if r.pos != input.len() {
         return Err(malformed("trailing bytes after the envelope"));
     }
-    Ok(Decoded {
-        envelope: Envelope {
-            id,
-            kind,
-            subject,
-            timestamp_ms,
-            deadline_ms,
-            reply_to,
-            correlation_id,
-            headers,
-            content_type,
-            payload,
-            signature,
-        },
+    Ok(View {
+        kind,
+        id,
+        timestamp_ms,
+        deadline_ms,
+        correlation_id,
+        subject,
+        reply_to,
+        content_type,
+        header_count,
+        headers,
+        payload,
+        signature,
         signed_len,
     })
 }
@@ -245,12 +309,12 @@ fn malformed(what: &str) -> Error {
 }
 
 struct Reader<'a> {
-    input: &'a Bytes,
+    input: &'a [u8],
     pos: usize,
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self
             .pos
             .checked_add(n)
@@ -283,19 +347,20 @@ impl Reader<'_> {
         Ok(u128::from_be_bytes(self.array()?))
     }
 
-    fn str(&mut self, len: usize) -> Result<&str> {
+    fn str(&mut self, len: usize) -> Result<&'a str> {
         std::str::from_utf8(self.take(len)?).map_err(|_| malformed("a text field is not UTF-8"))
     }
 
-    fn str16(&mut self) -> Result<&str> {
+    fn str16(&mut self) -> Result<&'a str> {
         let len = self.u16()? as usize;
         self.str(len)
     }
 
-    fn bytes(&mut self, len: usize) -> Result<Bytes> {
+    /// Skips `len` bytes, returning where they are.
+    fn range(&mut self, len: usize) -> Result<std::ops::Range<usize>> {
         let start = self.pos;
         self.take(len)?;
-        Ok(self.input.slice(start..start + len))
+        Ok(start..self.pos)
     }
 }
 
@@ -372,6 +437,37 @@ mod tests {
                 "len {len}"
             );
         }
+    }
+
+    #[test]
+    fn check_reads_in_place_what_decode_reads() {
+        let e = sample();
+        let bytes = encode(&e).unwrap();
+        let view = check(&bytes, DEFAULT_MAX_ENVELOPE).unwrap();
+        assert_eq!(
+            (view.kind, view.id, view.subject, view.reply_to),
+            (e.kind, e.id, e.subject.as_str(), e.reply_to.as_deref())
+        );
+        assert_eq!(
+            (view.correlation_id, view.deadline_ms, view.header_count),
+            (e.correlation_id, e.deadline_ms, 1)
+        );
+        assert_eq!(view.signed_len, encode_unsigned(&e).unwrap().len());
+    }
+
+    #[test]
+    fn too_many_headers_are_refused() {
+        let e = Envelope::new(
+            Kind::Event,
+            Name::new("a.b").unwrap(),
+            ContentType::JSON,
+            Bytes::new(),
+        );
+        let mut bytes = encode(&e).unwrap().to_vec();
+        let at = 28 + 2 + 3 + 1 + ContentType::JSON.as_str().len();
+        bytes[at..at + 2].copy_from_slice(&(MAX_HEADERS as u16 + 1).to_be_bytes());
+        let err = check(&bytes, DEFAULT_MAX_ENVELOPE).unwrap_err();
+        assert!(err.to_string().contains("headers exceed"), "{err}");
     }
 
     #[test]

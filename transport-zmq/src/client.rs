@@ -2,13 +2,14 @@
 //! ordered channel to the connection task ([`crate::connection`]), which owns
 //! the DEALER socket; answers come back through per-request waiters.
 
+use crate::acker::ZmqAcker;
 use crate::config::ZmqConfig;
 use crate::connection::{self, Session};
 use crate::protocol::{self, cmd};
 use async_trait::async_trait;
 use busbar_core::inflight::InFlight;
 use busbar_core::mailbox::{mailbox, MailboxSender};
-use busbar_core::transport::{Acker, Guard, Handler, RawDelivery, RawSubscription};
+use busbar_core::transport::{Guard, Handler, RawDelivery, RawSubscription};
 use busbar_core::{
     wire, Capabilities, Envelope, Error, EventBus, MessageId, Name, Pattern, Result, Stats,
     SubscribeOptions, DEFAULT_TIMEOUT,
@@ -60,6 +61,8 @@ pub(crate) enum CallEvent {
     NoResponders,
     Fanout(u32),
     Failed(String),
+    /// The broker refused the request itself (CALL_ERROR).
+    Refused(String),
     Withdrawn,
     Lost,
 }
@@ -133,7 +136,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -166,7 +169,12 @@ impl Shared {
     }
 
     /// Sends a command and waits for the broker's answer, at most `wait`.
-    async fn request(&self, req: u64, frames: Vec<Bytes>, wait: Duration) -> Result<Answer> {
+    pub(crate) async fn request(
+        &self,
+        req: u64,
+        frames: Vec<Bytes>,
+        wait: Duration,
+    ) -> Result<Answer> {
         self.check_open()?;
         if !self.is_connected() {
             return Err(self.not_connected());
@@ -379,7 +387,7 @@ fn millis(d: Duration) -> u32 {
     u32::try_from(busbar_core::ceil_millis(d)).unwrap_or(u32::MAX)
 }
 
-fn unexpected(answer: Answer) -> Error {
+pub(crate) fn unexpected(answer: Answer) -> Error {
     Error::transport(format!("unexpected answer from the zmq broker: {answer:?}"))
 }
 
@@ -521,11 +529,7 @@ impl EventBus for ZmqBus {
         match self.fetch(queue, timeout, visibility).await? {
             None => Ok(None),
             Some((tag, attempt, envelope)) => {
-                let acker = ZmqAcker {
-                    shared: self.shared.clone(),
-                    tag,
-                    epoch: self.shared.epoch.load(Ordering::Acquire),
-                };
+                let acker = ZmqAcker::new(self.shared.clone(), tag);
                 Ok(Some(RawDelivery::new(envelope, attempt, Box::new(acker))))
             }
         }
@@ -595,6 +599,7 @@ impl EventBus for ZmqBus {
                 Ok(Some(CallEvent::Reply(reply))) => return Ok(*reply),
                 Ok(Some(CallEvent::NoResponders)) => return Err(no_responders(&request)),
                 Ok(Some(CallEvent::Failed(message))) => return Err(Error::transport(message)),
+                Ok(Some(CallEvent::Refused(message))) => return Err(Error::Malformed(message)),
                 Ok(Some(CallEvent::Fanout(_))) | Ok(Some(CallEvent::Withdrawn)) => {}
             }
         }
@@ -617,6 +622,7 @@ impl EventBus for ZmqBus {
                 }
                 Ok(Some(CallEvent::Fanout(n))) => expected = Some(n as usize),
                 Ok(Some(CallEvent::NoResponders)) => return Err(no_responders(&request)),
+                Ok(Some(CallEvent::Refused(message))) => return Err(Error::Malformed(message)),
                 Ok(Some(CallEvent::Reply(reply))) => out.push(Ok(*reply)),
                 Ok(Some(CallEvent::Failed(message))) => out.push(Err(Error::transport(message))),
                 Ok(Some(CallEvent::Withdrawn)) => {
@@ -718,45 +724,4 @@ fn lost(shared: &Shared) -> Error {
         "lost the connection to the zmq broker at {} during the call",
         shared.config.endpoint
     ))
-}
-
-/// Settles one acknowledged delivery with the broker that handed it out.
-struct ZmqAcker {
-    shared: Arc<Shared>,
-    tag: u64,
-    epoch: u64,
-}
-
-impl ZmqAcker {
-    async fn settle(&self, command: u8) -> Result<()> {
-        let shared = &*self.shared;
-        if shared.epoch.load(Ordering::Acquire) != self.epoch {
-            return Err(Error::transport(
-                "the connection to the zmq broker was lost since this delivery; it will be delivered again",
-            ));
-        }
-        let req = shared.id();
-        let frames = protocol::message(
-            command,
-            [protocol::u64_frame(req), protocol::u64_frame(self.tag)],
-        );
-        match shared
-            .request(req, frames, shared.config.op_timeout)
-            .await?
-        {
-            Answer::Ok => Ok(()),
-            other => Err(unexpected(other)),
-        }
-    }
-}
-
-#[async_trait]
-impl Acker for ZmqAcker {
-    async fn ack(&self) -> Result<()> {
-        self.settle(cmd::ACK).await
-    }
-
-    async fn nack(&self) -> Result<()> {
-        self.settle(cmd::NACK).await
-    }
 }

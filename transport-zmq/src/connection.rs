@@ -5,6 +5,7 @@
 
 use crate::client::{lock, Answer, CallEvent, Outbound, Shared};
 use crate::config::ZmqConfig;
+use crate::inbound;
 use crate::protocol::{self, cmd, Malformed, Parsed};
 use busbar_core::reply::respond;
 use busbar_core::{wire, Error, Result, Stats};
@@ -530,8 +531,8 @@ fn incoming_command(
             unacked.retain(|&s| s != seq);
             Ok(())
         }),
-        cmd::EVENT => events(shared, args),
-        cmd::ITEM => item(shared, args),
+        cmd::EVENT => inbound::events(shared, args),
+        cmd::ITEM => inbound::item(shared, args),
         cmd::EMPTY => protocol::args(args, "EMPTY").and_then(|[req]| {
             let _ = shared.answer(protocol::read_u64(&req, "request number")?, Answer::Empty);
             Ok(())
@@ -552,6 +553,9 @@ fn incoming_command(
             );
             Ok(())
         }),
+        cmd::SUBSCRIBE_ERROR | cmd::SERVE_ERROR | cmd::PUBLISH_ERROR | cmd::CALL_ERROR => {
+            inbound::refusal(shared, command, args)
+        }
         cmd::REQUEST => request(shared, args),
         cmd::RESULT => protocol::args(args, "RESULT").and_then(|[envelope]| {
             match wire::decode(&envelope, shared.config.max_envelope) {
@@ -594,80 +598,15 @@ fn incoming_command(
     None
 }
 
-fn rejected(shared: &Shared, why: &Malformed) {
+pub(crate) fn rejected(shared: &Shared, why: &Malformed) {
     Stats::incr(&shared.stats.rejected);
     tracing::warn!(reason = %why, "rejected a malformed message from the zmq broker");
 }
 
-fn call_event(shared: &Shared, id: &Bytes, event: CallEvent) -> Parsed<()> {
+pub(crate) fn call_event(shared: &Shared, id: &Bytes, event: CallEvent) -> Parsed<()> {
     let id = protocol::read_id(id)?;
     if let Some(call) = lock(&shared.calls).get(&id) {
         let _ = call.send(event);
-    }
-    Ok(())
-}
-
-/// EVENT: pairs of (subscription ids, envelope).
-fn events(shared: &Shared, args: &[Bytes]) -> Parsed<()> {
-    if args.is_empty() || !args.len().is_multiple_of(2) {
-        return Err(Malformed(
-            "EVENT: expected pairs of (subscriptions, envelope)".into(),
-        ));
-    }
-    for pair in args.chunks_exact(2) {
-        let ids = match protocol::read_u64s(&pair[0]) {
-            Ok(ids) => ids,
-            Err(why) => {
-                rejected(shared, &why);
-                continue;
-            }
-        };
-        let envelope = match wire::decode(&pair[1], shared.config.max_envelope) {
-            Ok(envelope) => envelope,
-            Err(err) => {
-                rejected(shared, &Malformed(format!("EVENT envelope: {err}")));
-                continue;
-            }
-        };
-        let subs = lock(&shared.subs);
-        for id in ids {
-            if let Some(sub) = subs.get(&id) {
-                // The broker matched already; checking again costs little and keeps
-                // the contract even against a foreign broker.
-                if sub.pattern.matches(&envelope.subject) {
-                    sub.sender.deliver(envelope.clone());
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// ITEM: a queue item for a fetch; one nobody waits for any more goes back.
-fn item(shared: &Shared, args: &[Bytes]) -> Parsed<()> {
-    let [req, tag, attempt, envelope] = protocol::args(args, "ITEM")?;
-    let req = protocol::read_u64(&req, "request number")?;
-    let tag = protocol::read_u64(&tag, "delivery tag")?;
-    let attempt = protocol::read_u32(&attempt, "attempt")?;
-    let answer = Answer::Item {
-        tag,
-        attempt,
-        envelope,
-    };
-    if let Err(Answer::Item { envelope, .. }) = shared.answer(req, answer) {
-        let frames = if tag == 0 {
-            // A plain get's item, now the client's: give it back as it was.
-            protocol::message(
-                cmd::RETURN,
-                [protocol::u32_frame(attempt.saturating_sub(1)), envelope],
-            )
-        } else {
-            protocol::message(
-                cmd::NACK,
-                [protocol::u64_frame(0), protocol::u64_frame(tag)],
-            )
-        };
-        shared.command(frames, None);
     }
     Ok(())
 }

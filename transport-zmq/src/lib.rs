@@ -42,10 +42,12 @@
 //!   or seal envelopes for that.
 #![deny(missing_docs)]
 
+mod acker;
 mod broker;
 mod client;
 mod config;
 mod connection;
+mod inbound;
 mod protocol;
 
 pub use broker::{Broker, BrokerConfig, BrokerStats};

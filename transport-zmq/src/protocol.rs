@@ -6,7 +6,7 @@
 //! Integers are big-endian. Envelopes are `busbar_core::wire` encodings.
 
 use busbar_core::wire;
-use busbar_core::{Kind, MessageId};
+use busbar_core::MessageId;
 use bytes::{Bytes, BytesMut};
 
 /// First frame of every message: protocol name and version.
@@ -42,6 +42,8 @@ pub(crate) mod cmd {
     pub(crate) const SUBSCRIBED: u8 = 0x90;
     pub(crate) const EVENT: u8 = 0x91;
     pub(crate) const PUBACK: u8 = 0x92;
+    pub(crate) const SUBSCRIBE_ERROR: u8 = 0x93;
+    pub(crate) const PUBLISH_ERROR: u8 = 0x94;
     pub(crate) const OK: u8 = 0xA0;
     pub(crate) const ITEM: u8 = 0xA1;
     pub(crate) const EMPTY: u8 = 0xA2;
@@ -54,6 +56,8 @@ pub(crate) mod cmd {
     pub(crate) const RESULT: u8 = 0xB4;
     pub(crate) const FAILED: u8 = 0xB5;
     pub(crate) const WITHDRAWN: u8 = 0xB6;
+    pub(crate) const SERVE_ERROR: u8 = 0xB7;
+    pub(crate) const CALL_ERROR: u8 = 0xB8;
     pub(crate) const BROKER_BATCH: u8 = 0xFF;
 }
 
@@ -224,104 +228,31 @@ pub(crate) fn args<const N: usize>(args: &[Bytes], command: &str) -> Parsed<[Byt
     }
 }
 
-/// The routing facts of an encoded envelope, read without decoding all of it.
-#[derive(Debug)]
-pub(crate) struct Peek<'a> {
-    /// The message kind.
-    pub(crate) kind: Kind,
-    /// The message id.
-    pub(crate) id: MessageId,
-    /// The subject (topic, queue or method).
-    pub(crate) subject: &'a str,
-    /// The deadline, if any.
-    pub(crate) deadline_ms: Option<u64>,
+/// Checks an envelope in full with the decoder every client uses, reading it
+/// in place (nothing copied): the broker stores and forwards only envelopes a
+/// client can decode.
+pub(crate) fn envelope(bytes: &[u8], max_len: usize) -> Parsed<wire::View<'_>> {
+    wire::check(bytes, max_len).or_else(|err| malformed(format!("envelope refused: {err}")))
 }
 
-/// Reads the header and subject of an encoded envelope (the broker's hot path).
-///
-/// Checks the magic byte, version, kind, flags and that the subject is a valid
-/// name; the rest of the envelope is checked by the receiving client's full decode.
-pub(crate) fn peek(bytes: &[u8], max_len: usize) -> Parsed<Peek<'_>> {
-    if bytes.len() > max_len {
-        return malformed(format!(
-            "envelope of {} bytes exceeds the limit of {max_len}",
-            bytes.len()
-        ));
+/// The request id of a CALL's envelope, if it can be read even though the
+/// envelope was refused (it starts like one and is long enough).
+pub(crate) fn request_id(bytes: &[u8]) -> Option<MessageId> {
+    if bytes.first() != Some(&wire::MAGIC) {
+        return None;
     }
-    // magic, version, kind, flags, id[16], timestamp u64
-    if bytes.len() < 4 + 16 + 8 + 2 {
-        return malformed("truncated envelope");
-    }
-    if bytes[0] != wire::MAGIC {
-        return malformed("not a busbar envelope (bad magic byte)");
-    }
-    if bytes[1] != wire::VERSION {
-        return malformed(format!("unsupported wire version {}", bytes[1]));
-    }
-    let Some(kind) = Kind::from_u8(bytes[2]) else {
-        return malformed("unknown message kind");
-    };
-    let flags = bytes[3];
-    if flags & !7 != 0 {
-        return malformed("unknown flag bits");
-    }
-    let id = MessageId(u128::from_be_bytes(
-        bytes[4..20].try_into().unwrap_or([0; 16]),
-    ));
-    let mut pos = 28;
-    let mut deadline_ms = None;
-    if flags & 1 != 0 {
-        let Some(raw) = bytes.get(pos..pos + 8) else {
-            return malformed("truncated envelope");
-        };
-        deadline_ms = Some(u64::from_be_bytes(raw.try_into().unwrap_or([0; 8])));
-        pos += 8;
-    }
-    if flags & 2 != 0 {
-        pos += 16;
-    }
-    let Some(len) = bytes.get(pos..pos + 2) else {
-        return malformed("truncated envelope");
-    };
-    let len = u16::from_be_bytes([len[0], len[1]]) as usize;
-    pos += 2;
-    let Some(subject) = bytes.get(pos..pos + len) else {
-        return malformed("truncated envelope");
-    };
-    let Ok(subject) = std::str::from_utf8(subject) else {
-        return malformed("subject is not UTF-8");
-    };
-    if !valid_name(subject) {
-        return malformed(format!("invalid subject {subject:?}"));
-    }
-    Ok(Peek {
-        kind,
-        id,
-        subject,
-        deadline_ms,
-    })
-}
-
-/// The naming rules of `busbar_core::Name`, without allocating.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= busbar_core::MAX_NAME_LEN
-        && name.split('.').all(|segment| {
-            !segment.is_empty()
-                && segment
-                    .chars()
-                    .all(|c| !c.is_whitespace() && !c.is_control() && c != '*' && c != '>')
-        })
+    let id: [u8; 16] = bytes.get(4..20)?.try_into().ok()?;
+    Some(MessageId(u128::from_be_bytes(id)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use busbar_core::{ContentType, Envelope, Name};
+    use busbar_core::{ContentType, Envelope, Kind, Name};
     use std::time::Duration;
 
     #[test]
-    fn peek_reads_what_decode_reads() {
+    fn envelopes_are_checked_in_full() {
         let mut e = Envelope::new(
             Kind::Request,
             Name::new("math.add").unwrap(),
@@ -331,31 +262,20 @@ mod tests {
         .with_timeout(Duration::from_secs(1));
         e.correlation_id = Some(MessageId(7));
         let bytes = wire::encode(&e).unwrap();
-        let p = peek(&bytes, 1 << 20).unwrap();
-        assert_eq!(p.kind, Kind::Request);
-        assert_eq!(p.id, e.id);
-        assert_eq!(p.subject, "math.add");
-        assert_eq!(p.deadline_ms, e.deadline_ms);
-    }
-
-    #[test]
-    fn peek_refuses_garbage_and_truncation() {
-        let e = Envelope::new(
-            Kind::Event,
-            Name::new("a.b").unwrap(),
-            ContentType::JSON,
-            Bytes::new(),
-        );
-        let bytes = wire::encode(&e).unwrap();
-        for len in 0..32 {
-            assert!(peek(&bytes[..len], 1 << 20).is_err());
+        let view = envelope(&bytes, 1 << 20).unwrap();
+        assert_eq!(view.kind, Kind::Request);
+        assert_eq!(view.id, e.id);
+        assert_eq!(view.subject, "math.add");
+        assert_eq!(view.deadline_ms, e.deadline_ms);
+        assert_eq!(request_id(&bytes), Some(e.id));
+        for len in 0..bytes.len() {
+            assert!(envelope(&bytes[..len], 1 << 20).is_err());
         }
-        assert!(peek(
-            b"garbage that is long enough to pass the length check",
-            1 << 20
-        )
-        .is_err());
-        assert!(peek(&bytes, 4).is_err());
+        let mut trailing = bytes.to_vec();
+        trailing.push(0);
+        assert!(envelope(&trailing, 1 << 20).is_err());
+        assert!(envelope(&bytes, 4).is_err());
+        assert_eq!(request_id(b"garbage"), None);
     }
 
     #[test]

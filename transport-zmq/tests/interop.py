@@ -5,7 +5,7 @@ docs/wire.md only. Driven by tests/python_interop.rs:
     interop.py ENDPOINT PREFIX
 
 It publishes and receives an event, puts, fetches and acks a queue item, calls
-the Rust provider PREFIX.add, then serves PREFIX.mul for one call from Rust
+the Rust provider PREFIX.add, sees refused requests answered, then serves PREFIX.mul for one call from Rust
 (printing READY when serving) and leaves with BYE. Prints OK at the end; any
 failure raises and exits non-zero.
 """
@@ -23,6 +23,7 @@ HELLO, BYE, SUBSCRIBE, PUBLISH, PUT, FETCH, ACK, SERVE, CALL, REPLY = (
     0x01, 0x03, 0x10, 0x12, 0x20, 0x21, 0x22, 0x30, 0x32, 0x34)
 WELCOME, GOODBYE, SUBSCRIBED, EVENT, PUBACK = 0x81, 0x84, 0x90, 0x91, 0x92
 OK, ITEM, SERVING, REQUEST, RESULT = 0xA0, 0xA1, 0xB0, 0xB1, 0xB4
+ERROR, SUBSCRIBE_ERROR, CALL_ERROR = 0xAF, 0x93, 0xB8
 EV, ITEM_KIND, REQ_KIND, REPLY_KIND = 1, 2, 3, 4
 
 
@@ -134,6 +135,17 @@ def main():
     assert decode(env)[4] == {"job": 42}
     c.send(ACK, u64(4), tag)
     assert c.expect(OK) == [u64(4)]
+
+    # Refused requests are answered: a truncated envelope, a bad pattern, a
+    # call whose envelope is not a request.
+    c.send(PUT, u64(6), env[:-1])
+    req, message = c.expect(ERROR)
+    assert req == u64(6) and message, message
+    c.send(SUBSCRIBE, u64(7), b"a.>.b")
+    assert c.expect(SUBSCRIBE_ERROR)[0] == u64(7)
+    event_id, env = encode(EV, f"{prefix}.add", 1)
+    c.send(CALL, env)
+    assert c.expect(CALL_ERROR)[0] == event_id
 
     # Call a Rust provider.
     deadline = int(time.time() * 1000) + 5000

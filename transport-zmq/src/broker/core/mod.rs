@@ -1,8 +1,10 @@
 //! The broker's state and its reaction to each command. Runs in one task, so it
 //! needs no locks; every send goes through a client's [`Outbox`].
 
+mod batch;
 mod pubsub;
 mod queues;
+mod refuse;
 mod rpc;
 
 use super::flow::Marks;
@@ -32,6 +34,8 @@ const CALL_RETENTION: Duration = Duration::from_secs(60);
 struct Client {
     identity: Bytes,
     outbox: Outbox,
+    /// It asked for BROKER_BATCH (HELLO feature `batch`).
+    batches: bool,
     last_seen: Instant,
     subs: HashSet<u64>,
     serves: HashMap<u64, String>,
@@ -184,6 +188,23 @@ impl Subscriptions {
     }
 }
 
+/// A number that differs between broker instances, in one process or across
+/// restarts, so that a client can tell from WELCOME that it reached a new broker
+/// (which knows nothing of its subscriptions, providers or held deliveries).
+fn instance_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // RandomState is seeded from the OS once per thread and differs per call.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    hasher.write_u128(since_epoch.as_nanos());
+    hasher.write_u32(std::process::id());
+    hasher.write_u64(STARTED.fetch_add(1, Ordering::Relaxed));
+    hasher.finish().max(1)
+}
+
 pub(crate) struct Core {
     config: BrokerConfig,
     socket: zeromq::RouterSendHalf,
@@ -194,6 +215,7 @@ pub(crate) struct Core {
     /// Set when the broker stops: writers then close at once, without flushing,
     /// so the socket (and its port) is released promptly.
     closing: Arc<std::sync::atomic::AtomicBool>,
+    /// Sent in WELCOME: tells a client whether it reached the same broker.
     broker_id: u64,
     clients: HashMap<u64, Client>,
     by_identity: HashMap<Bytes, u64>,
@@ -201,6 +223,9 @@ pub(crate) struct Core {
     subs: Subscriptions,
     queues: HashMap<String, Queue>,
     held: HashMap<u64, Held>,
+    /// The latest tags redelivered after their visibility timeout, oldest first
+    /// (bounded), so that a late ACK is told what happened.
+    expired: VecDeque<u64>,
     next_tag: u64,
     providers: HashMap<String, Providers>,
     calls: HashMap<u64, Call>,
@@ -209,6 +234,8 @@ pub(crate) struct Core {
     timers: BinaryHeap<Reverse<TimerEntry>>,
     timer_seq: u64,
     scratch: Vec<Target>,
+    /// The answers held back for the client whose BATCH is being handled.
+    collecting: Option<batch::Collect>,
 }
 
 impl Core {
@@ -225,13 +252,14 @@ impl Core {
             counters,
             internal: None,
             closing: Arc::default(),
-            broker_id: busbar_core::MessageId::new().0 as u64,
+            broker_id: instance_id(),
             clients: HashMap::new(),
             by_identity: HashMap::new(),
             next_key: 1,
             subs: Subscriptions::default(),
             queues: HashMap::new(),
             held: HashMap::new(),
+            expired: VecDeque::new(),
             next_tag: 1,
             providers: HashMap::new(),
             calls: HashMap::new(),
@@ -240,6 +268,7 @@ impl Core {
             timers: BinaryHeap::new(),
             timer_seq: 0,
             scratch: Vec::new(),
+            collecting: None,
         }
     }
 
@@ -285,6 +314,7 @@ impl Core {
                     if self.held.contains_key(&tag) {
                         tracing::debug!(tag, "visibility timeout: redelivering");
                         self.requeue(tag);
+                        self.remember_expired(tag);
                     }
                 }
                 Timer::Call { token } => {
@@ -369,19 +399,7 @@ impl Core {
         }
         if command == cmd::BATCH {
             match protocol::unbatch(args) {
-                Ok(commands) => {
-                    for (command, args) in commands {
-                        if command == cmd::HELLO {
-                            reject(
-                                &self.counters,
-                                identity,
-                                &Malformed("BATCH: HELLO must come alone".into()),
-                            );
-                            continue;
-                        }
-                        self.command(identity, command, args);
-                    }
-                }
+                Ok(commands) => self.batch(identity, commands),
                 Err(why) => reject(&self.counters, identity, &why),
             }
             return;
@@ -430,7 +448,7 @@ impl Core {
             other => Err(Malformed(format!("unknown command 0x{other:02x}"))),
         };
         if let Err(why) = outcome {
-            reject(&self.counters, identity, &why);
+            self.refuse(key, command, args, &why);
         }
     }
 
@@ -443,12 +461,6 @@ impl Core {
         tokio::spawn(async move {
             let _ = socket.send(message).await;
         });
-    }
-
-    fn send(&self, key: u64, frames: Vec<Bytes>) {
-        if let Some(client) = self.clients.get(&key) {
-            client.outbox.send(frames);
-        }
     }
 
     fn hello(&mut self, identity: Bytes, batches: bool) {
@@ -468,7 +480,9 @@ impl Core {
                 events: self.config.high_water,
                 bytes: self.config.high_water_bytes,
             },
-            batches,
+            // The core packs answers itself (batch.rs); the writer must not
+            // pack those BROKER_BATCH messages into another one.
+            false,
             self.closing.clone(),
             internal,
         );
@@ -485,6 +499,7 @@ impl Core {
             Client {
                 identity: identity.clone(),
                 outbox,
+                batches,
                 last_seen: Instant::now(),
                 subs: HashSet::new(),
                 serves: HashMap::new(),
@@ -500,6 +515,10 @@ impl Core {
     /// Forgets a client: its subscriptions and providers vanish, its unacked
     /// items go back to their queues, and calls it was serving fail at once.
     fn drop_client(&mut self, key: u64, why: &str) {
+        if self.collecting.as_ref().is_some_and(|c| c.key == key) {
+            // A BYE in a BATCH: what was answered before it goes out first.
+            self.flush_collected(false);
+        }
         let Some(client) = self.clients.remove(&key) else {
             return;
         };

@@ -42,21 +42,27 @@ impl Core {
             return Err(Malformed("PUBLISH: missing the batch number".into()));
         };
         let seq = protocol::read_u64(seq, "batch number")?;
+        if envelopes.is_empty() {
+            self.refuse_event(
+                key,
+                seq,
+                0,
+                Malformed("PUBLISH: the batch holds no envelope".into()),
+            );
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         // Per destination client, its events of this batch, in order.
         let mut routed: Vec<(u64, Vec<(Bytes, Bytes)>)> = Vec::new();
-        for envelope in envelopes {
-            let topic = match protocol::peek(envelope, self.config.max_envelope) {
-                Ok(peek) if peek.kind == Kind::Event => peek.subject,
+        for (index, envelope) in envelopes.iter().enumerate() {
+            let topic = match protocol::envelope(envelope, self.config.max_envelope) {
+                Ok(view) if view.kind == Kind::Event => view.subject,
                 Ok(_) => {
-                    self.reject_from(
-                        key,
-                        &Malformed("PUBLISH: an envelope is not an event".into()),
-                    );
+                    let why = Malformed("PUBLISH: the envelope is not an event (kind 1)".into());
+                    self.refuse_event(key, seq, index, why);
                     continue;
                 }
                 Err(why) => {
-                    self.reject_from(key, &why);
+                    self.refuse_event(key, seq, index, why);
                     continue;
                 }
             };
@@ -110,6 +116,23 @@ impl Core {
             });
         }
         Ok(())
+    }
+
+    /// One envelope of a PUBLISH batch is not routed: counted, logged, and the
+    /// publisher told which (before the batch's PUBACK).
+    fn refuse_event(&mut self, key: u64, seq: u64, index: usize, why: Malformed) {
+        self.reject_from(key, &why);
+        self.send(
+            key,
+            protocol::message(
+                cmd::PUBLISH_ERROR,
+                [
+                    protocol::u64_frame(seq),
+                    protocol::u32_frame(u32::try_from(index).unwrap_or(u32::MAX)),
+                    protocol::text_frame(&why.0),
+                ],
+            ),
+        );
     }
 
     pub(super) fn reject_from(&self, key: u64, why: &Malformed) {

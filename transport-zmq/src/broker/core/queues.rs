@@ -8,15 +8,19 @@ use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+/// How many tags redelivered after their visibility timeout the broker
+/// remembers, to tell a late ACK so (a linear scan, on errors only).
+const EXPIRED_MEMORY: usize = 4096;
+
 impl Core {
     pub(super) fn put(&mut self, key: u64, args: &[Bytes]) -> Parsed<()> {
         let [req, envelope] = protocol::args(args, "PUT")?;
         let req = protocol::read_u64(&req, "request number")?;
-        let queue = match protocol::peek(&envelope, self.config.max_envelope) {
-            Ok(peek) if peek.kind == Kind::QueueItem => peek.subject.to_owned(),
-            Ok(_) => return self.fail(key, req, "PUT: the envelope is not a queue item"),
-            Err(why) => return self.fail(key, req, &why.0),
-        };
+        let view = protocol::envelope(&envelope, self.config.max_envelope)?;
+        if view.kind != Kind::QueueItem {
+            return Err(Malformed("PUT: the envelope is not a queue item".into()));
+        }
+        let queue = view.subject.to_owned();
         self.queues
             .entry(queue.clone())
             .or_default()
@@ -30,24 +34,12 @@ impl Core {
         Ok(())
     }
 
-    /// Answers a request with ERROR and reports the malformation.
-    pub(super) fn fail(&mut self, key: u64, req: u64, why: &str) -> Parsed<()> {
-        self.send(
-            key,
-            protocol::message(
-                cmd::ERROR,
-                [protocol::u64_frame(req), protocol::text_frame(why)],
-            ),
-        );
-        Err(Malformed(why.to_owned()))
-    }
-
     pub(super) fn fetch(&mut self, key: u64, args: &[Bytes]) -> Parsed<()> {
         let [req, queue, timeout, visibility] = protocol::args(args, "FETCH")?;
         let req = protocol::read_u64(&req, "request number")?;
         let queue = protocol::read_text(&queue, "queue")?.to_owned();
-        if busbar_core::Name::new(&queue).is_err() {
-            return self.fail(key, req, "FETCH: invalid queue name");
+        if let Err(err) = busbar_core::Name::new(&queue) {
+            return Err(Malformed(format!("FETCH: {err}")));
         }
         let timeout = Duration::from_millis(protocol::read_u32(&timeout, "timeout")? as u64);
         let visibility =
@@ -153,8 +145,8 @@ impl Core {
             );
             if let Some(client) = self.clients.get_mut(&waiter.client) {
                 client.tags.insert(tag);
-                client.outbox.send(frames);
             }
+            self.send(waiter.client, frames);
             self.held.insert(
                 tag,
                 Held {
@@ -172,11 +164,11 @@ impl Core {
     pub(super) fn give_back(&mut self, key: u64, args: &[Bytes]) -> Parsed<()> {
         let [attempt, envelope] = protocol::args(args, "RETURN")?;
         let attempt = protocol::read_u32(&attempt, "attempt")?;
-        let queue = match protocol::peek(&envelope, self.config.max_envelope) {
-            Ok(peek) if peek.kind == Kind::QueueItem => peek.subject.to_owned(),
-            Ok(_) => return Err(Malformed("RETURN: the envelope is not a queue item".into())),
-            Err(why) => return Err(why),
-        };
+        let view = protocol::envelope(&envelope, self.config.max_envelope)?;
+        if view.kind != Kind::QueueItem {
+            return Err(Malformed("RETURN: the envelope is not a queue item".into()));
+        }
+        let queue = view.subject.to_owned();
         tracing::debug!(client = key, %queue, "an item came back unused");
         self.queues
             .entry(queue.clone())
@@ -223,19 +215,41 @@ impl Core {
             let answer = if known || !ack {
                 protocol::message(cmd::OK, [protocol::u64_frame(req)])
             } else {
+                let why = self.unknown_tag(tag);
                 protocol::message(
                     cmd::ERROR,
-                    [
-                        protocol::u64_frame(req),
-                        protocol::text_frame(
-                            "the delivery was not acknowledged within its visibility timeout and was redelivered",
-                        ),
-                    ],
+                    [protocol::u64_frame(req), protocol::text_frame(&why)],
                 )
             };
             self.send(key, answer);
         }
         Ok(())
+    }
+
+    pub(super) fn remember_expired(&mut self, tag: u64) {
+        if self.expired.len() == EXPIRED_MEMORY {
+            self.expired.pop_front();
+        }
+        self.expired.push_back(tag);
+    }
+
+    /// Why an ACK's tag is not held by its sender, as far as the broker can tell.
+    fn unknown_tag(&self, tag: u64) -> String {
+        if tag == 0 || tag >= self.next_tag {
+            format!("unknown delivery tag {tag}: never issued by this broker")
+        } else if self.held.contains_key(&tag) {
+            format!("delivery tag {tag} is held by another client")
+        } else if self.expired.contains(&tag) {
+            format!(
+                "delivery tag {tag} was not acknowledged within its visibility timeout: \
+                 the item was put back for redelivery"
+            )
+        } else {
+            format!(
+                "delivery tag {tag} is no longer held: already settled (acked or nacked), \
+                 or put back for redelivery (visibility timeout or lost consumer) too long ago to tell"
+            )
+        }
     }
 
     pub(super) fn len(&mut self, key: u64, args: &[Bytes]) -> Parsed<()> {

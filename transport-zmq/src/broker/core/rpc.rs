@@ -56,13 +56,16 @@ impl Core {
 
     pub(super) fn call(&mut self, key: u64, args: &[Bytes], all: bool) -> Parsed<()> {
         let [envelope] = protocol::args(args, if all { "CALL_ALL" } else { "CALL" })?;
-        let peek = protocol::peek(&envelope, self.config.max_envelope)?;
-        if peek.kind != Kind::Request {
-            return Err(Malformed("CALL: the envelope is not a request".into()));
+        let view = protocol::envelope(&envelope, self.config.max_envelope)?;
+        if view.kind != Kind::Request {
+            return Err(Malformed(format!(
+                "{}: the envelope is not a request (kind 3)",
+                if all { "CALL_ALL" } else { "CALL" }
+            )));
         }
-        let request = peek.id;
-        let deadline = peek.deadline_ms;
-        let method = peek.subject.to_owned();
+        let request = view.id;
+        let deadline = view.deadline_ms;
+        let method = view.subject.to_owned();
         let targets: Vec<(u64, u64)> = match self.providers.get_mut(&method) {
             None => Vec::new(),
             Some(providers) if all => providers.list.clone(),
@@ -125,8 +128,8 @@ impl Core {
         );
         if let Some(client) = self.clients.get_mut(&call.provider) {
             client.served_calls.insert(token);
-            client.outbox.send(frames);
         }
+        self.send(call.provider, frames);
         self.calls.insert(token, call);
         self.schedule(retention, Timer::Call { token });
     }
@@ -187,17 +190,49 @@ impl Core {
     pub(super) fn reply(&mut self, key: u64, args: &[Bytes]) -> Parsed<()> {
         let [token, envelope] = protocol::args(args, "REPLY")?;
         let token = protocol::read_u64(&token, "call token")?;
-        let peek = protocol::peek(&envelope, self.config.max_envelope)?;
-        if !matches!(peek.kind, Kind::Reply | Kind::ErrorReply) {
-            return Err(Malformed("REPLY: the envelope is not a reply".into()));
-        }
         if let Some(client) = self.clients.get_mut(&key) {
             client.served_calls.remove(&token);
         }
+        let call = self.calls.remove(&token);
+        let checked = protocol::envelope(&envelope, self.config.max_envelope).and_then(|view| {
+            if !matches!(view.kind, Kind::Reply | Kind::ErrorReply) {
+                return Err(Malformed("REPLY: the envelope is not a reply".into()));
+            }
+            match &call {
+                Some(call) if view.correlation_id != Some(call.request) => Err(Malformed(format!(
+                    "REPLY: its correlation id does not name the request {}",
+                    call.request
+                ))),
+                _ => Ok(()),
+            }
+        });
         // A reply for a forgotten call (late, or its caller left) is dropped.
-        if let Some(call) = self.calls.remove(&token) {
-            self.send(call.caller, protocol::message(cmd::RESULT, [envelope]));
+        let Some(call) = call else {
+            return checked;
+        };
+        match checked {
+            Ok(()) => {
+                self.send(call.caller, protocol::message(cmd::RESULT, [envelope]));
+                Ok(())
+            }
+            Err(why) => {
+                // The caller would wait for its deadline: the call fails now.
+                let message = format!(
+                    "the provider of {} sent a reply the broker refused: {why}",
+                    call.method
+                );
+                self.send(
+                    call.caller,
+                    protocol::message(
+                        cmd::FAILED,
+                        [
+                            protocol::id_frame(call.request),
+                            protocol::text_frame(&message),
+                        ],
+                    ),
+                );
+                Err(why)
+            }
         }
-        Ok(())
     }
 }
