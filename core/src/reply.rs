@@ -37,9 +37,11 @@ pub async fn respond(handler: &dyn Handler, request: Envelope, stats: &Stats) ->
     Stats::incr(&stats.rpc_served);
     let span = tracing::debug_span!("busbar.handle", method = %request.subject, correlation_id = %request.id);
     let work = AssertUnwindSafe(handler.handle(request.clone()).instrument(span)).catch_unwind();
+    let mut work = std::pin::pin!(work);
     let outcome = match request.remaining() {
         None => work.await,
-        Some(left) => match tokio::time::timeout(left, work).await {
+        // Borrowed, so the handler is dropped after it is counted, on return.
+        Some(left) => match tokio::time::timeout(left, work.as_mut()).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 Stats::incr(&stats.handlers_cancelled);

@@ -315,6 +315,8 @@ macro_rules! suite {
             wrong_return_type_is_codec_error,
             rpc_stats_move,
             handler_past_its_deadline_is_cancelled,
+            provider_lost_mid_call_is_provider_lost,
+            provider_lost_mid_call_all_is_a_provider_lost_entry,
             // names
             invalid_topics_are_rejected_before_sending,
             invalid_patterns_are_rejected,

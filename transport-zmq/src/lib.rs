@@ -43,6 +43,7 @@
 #![deny(missing_docs)]
 
 mod broker;
+mod calls;
 mod client;
 mod config;
 mod connection;
