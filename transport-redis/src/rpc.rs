@@ -148,6 +148,8 @@ fn timeout_of(request: &Envelope) -> Duration {
 /// Sends `request` to one provider and waits for its reply.
 pub(crate) async fn call(bus: &Arc<Shared>, request: Envelope) -> Result<Envelope> {
     let timeout = timeout_of(&request);
+    // One deadline for waiting out an outage, sending and the answer.
+    let deadline = tokio::time::Instant::now() + timeout;
     let bytes = frame_request(inbox(bus).await?, &wire::encode(&request)?);
     let method = request.subject.as_str();
     let mut waiter = bus.pending.register(request.id);
@@ -167,7 +169,7 @@ pub(crate) async fn call(bus: &Arc<Shared>, request: Envelope) -> Result<Envelop
         .arg(expiry)
         .arg(numsub(bus));
     let sent = run_script::<i64>(&mut c, &CALL, &invocation);
-    let providers = match tokio::time::timeout(timeout, sent).await {
+    let providers = match tokio::time::timeout_at(deadline, sent).await {
         Ok(result) => conn.check(result)?,
         Err(_) => return Err(Error::Timeout),
     };
@@ -176,7 +178,6 @@ pub(crate) async fn call(bus: &Arc<Shared>, request: Envelope) -> Result<Envelop
             method: method.to_owned(),
         });
     }
-    let deadline = tokio::time::Instant::now() + timeout_of(&request);
     match liveness::one(&mut waiter.replies, deadline).await {
         Ok(reply) if reply.status == NO_PROVIDER_LEFT => Err(Error::NoResponders {
             method: method.to_owned(),
@@ -192,6 +193,8 @@ pub(crate) async fn call_all(
     request: Envelope,
 ) -> Result<Vec<Result<Envelope>>> {
     let timeout = timeout_of(&request);
+    // One deadline for waiting out an outage, sending and the answer.
+    let deadline = tokio::time::Instant::now() + timeout;
     let bytes = frame_request(inbox(bus).await?, &wire::encode(&request)?);
     let method = request.subject.as_str();
     let mut waiter = bus.pending.register(request.id);
@@ -201,7 +204,7 @@ pub(crate) async fn call_all(
     let mut publish = command(bus.counted_publish(), 2, presence.len() + bytes.len());
     publish.arg(presence).arg(&bytes[..]);
     let sent = publish.query_async::<i64>(&mut c);
-    let receivers = match tokio::time::timeout(timeout, sent).await {
+    let receivers = match tokio::time::timeout_at(deadline, sent).await {
         Ok(result) => conn.check(result)?,
         Err(_) => return Err(Error::Timeout),
     };
@@ -210,7 +213,6 @@ pub(crate) async fn call_all(
             method: method.to_owned(),
         });
     }
-    let deadline = tokio::time::Instant::now() + timeout_of(&request);
     // Receivers are buses: a bus with several providers says so in its replies.
     let mut sources = std::collections::HashSet::new();
     let more = |reply: &Reply| {

@@ -1,7 +1,10 @@
 //! RPC calls from a [`ZmqBus`](crate::ZmqBus): CALL and CALL_ALL through the
 //! broker, and what a call does while the broker is unreachable.
 //!
-//! A call made while the broker is unreachable fails at once. A call in
+//! A call ends at its deadline whatever the connection does. Made while the
+//! broker is unreachable, it waits for the connection to come back until its
+//! deadline, then fails with [`Error::Transport`] saying the broker is
+//! unreachable (never `NoResponders`, which only a broker answers). A call in
 //! flight when the connection drops fails at once with [`Error::Transport`]:
 //! its request may have reached a provider, so it is not sent again.
 
@@ -103,15 +106,27 @@ async fn start<'a>(
     })
 }
 
-/// Fails at once while the broker is unreachable.
-async fn wait_connected(shared: &Shared, _deadline: Instant) -> Result<()> {
-    if !shared.is_connected() {
-        return Err(Error::transport(format!(
-            "not connected to the zmq broker at {} (reconnecting)",
-            shared.config.endpoint
-        )));
+/// Returns once connected to the broker; fails at `deadline` if it is still
+/// unreachable.
+async fn wait_connected(shared: &Shared, deadline: Instant) -> Result<()> {
+    let mut link = shared.link.subscribe();
+    loop {
+        if *link.borrow_and_update() {
+            return Ok(());
+        }
+        match tokio::time::timeout_at(deadline, link.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Error::Closed),
+            Err(_) if shared.is_closed() => return Err(Error::Closed),
+            Err(_) => {
+                return Err(Error::transport(format!(
+                    "the zmq broker at {} is unreachable: no connection to it before the call's deadline",
+                    shared.config.endpoint
+                )))
+            }
+        }
+        shared.check_open()?;
     }
-    Ok(())
 }
 
 fn deadline_of(request: &Envelope) -> Instant {
