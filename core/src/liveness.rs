@@ -52,16 +52,16 @@ where
     N: FnMut(Notice) -> NF,
     NF: Future<Output = ()>,
 {
-    let worker = MessageId::new();
-    let mut noticed = false;
+    // Made only for work that runs long: fast work pays for nothing here.
+    let mut worker = None;
     let output = {
-        let noticed = &mut noticed;
+        let worker = &mut worker;
         let notify = &mut notify;
         // Lazy: no timer is made unless the work is still running when polled.
         let notices = async move {
             tokio::time::sleep(FIRST_NOTICE).await;
+            let worker = *worker.insert(MessageId::new());
             loop {
-                *noticed = true;
                 notify(Notice {
                     worker,
                     done: false,
@@ -76,7 +76,7 @@ where
             () = notices => unreachable!("the notices never end"),
         }
     };
-    if noticed {
+    if let Some(worker) = worker {
         notify(Notice { worker, done: true }).await;
     }
     output

@@ -269,11 +269,13 @@ impl Provider {
         let guard = bus.inflight.enter();
         let in_flight = bus.inflight.clone();
         let call = request.id;
+        // Shared, not copied: most handlers never send a notice.
+        let reply_to = Bytes::from(reply_to);
         let notify = {
             let (bus, reply_to) = (bus.clone(), reply_to.clone());
             move |notice: Notice| {
                 let job = crate::connection::Job::Publish {
-                    channel: Bytes::from(reply_to.clone()),
+                    channel: reply_to.clone(),
                     payload: Bytes::from(frame_notice(&bus.uid, call, notice)),
                     sharded: true,
                 };
@@ -374,18 +376,12 @@ fn encode_reply(bus: &Shared, status: u8, providers: usize, reply: &Envelope) ->
 
 /// Queues a reply on the ordered writer (pipelined with others, no waiting);
 /// waits for room in a task when the writer's buffer is full.
-fn queue_reply(
-    bus: &Arc<Shared>,
-    reply_to: String,
-    status: u8,
-    providers: usize,
-    reply: &Envelope,
-) {
+fn queue_reply(bus: &Arc<Shared>, reply_to: Bytes, status: u8, providers: usize, reply: &Envelope) {
     let Some(payload) = encode_reply(bus, status, providers, reply) else {
         return;
     };
     let job = crate::connection::Job::Publish {
-        channel: Bytes::from(reply_to),
+        channel: reply_to,
         payload: Bytes::from(payload),
         sharded: true,
     };
@@ -400,13 +396,7 @@ fn queue_reply(
     }
 }
 
-async fn send_reply(
-    bus: &Shared,
-    reply_to: String,
-    status: u8,
-    providers: usize,
-    reply: &Envelope,
-) {
+async fn send_reply(bus: &Shared, reply_to: Bytes, status: u8, providers: usize, reply: &Envelope) {
     // Straight to Redis (replies need no ordering among themselves): concurrent
     // replies are pipelined by the multiplexed connection.
     let Some(payload) = encode_reply(bus, status, providers, reply) else {
@@ -416,7 +406,7 @@ async fn send_reply(
         Ok(conn) => {
             let mut c = conn.conn.clone();
             let result = redis::cmd(bus.counted_publish())
-                .arg(&reply_to)
+                .arg(&reply_to[..])
                 .arg(&payload[..])
                 .exec_async(&mut c)
                 .await;
@@ -544,7 +534,7 @@ async fn refuse_queued(bus: &Arc<Shared>, method: &str) {
             &request,
             Fault::new("no_responders", format!("no provider serves {method}")),
         );
-        send_reply(bus, reply_to, NO_PROVIDER_LEFT, 0, &reply).await;
+        send_reply(bus, Bytes::from(reply_to), NO_PROVIDER_LEFT, 0, &reply).await;
     }
 }
 
