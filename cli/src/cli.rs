@@ -108,7 +108,9 @@ pub(crate) struct CallArgs {
     /// Call every provider and print one line per answer: {"ok": ..} or {"error": ..}.
     #[arg(long)]
     pub(crate) all: bool,
-    /// How long to wait for the answer(s): 500ms, 2s, 1m.
+    /// How long to wait for the answer(s), connecting included: 500ms, 2s, 1m.
+    /// A bus still unreachable then exits 19 (transport), a provider that
+    /// did not answer 13 (timeout).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub(crate) timeout: Duration,
     /// How to reach the bus.

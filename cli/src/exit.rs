@@ -28,6 +28,7 @@ pub(crate) const KIND_CODES: &[(&str, u8)] = &[
     ("closed", 20),
     ("unsupported", 21),
     ("interrupted", 22),
+    ("provider_lost", 23),
 ];
 
 /// The exit code for an error kind (`timeout`, `remote`, ...).
@@ -180,6 +181,7 @@ mod tests {
             },
             Error::NoResponders { method: "m".into() },
             Error::Timeout,
+            Error::ProviderLost { method: "m".into() },
             Error::Remote {
                 kind: "k".into(),
                 message: "m".into(),

@@ -117,6 +117,7 @@ pub(crate) fn stats_json(s: &StatsSnapshot) -> Value {
         "rpc_errors": s.rpc_errors,
         "rpc_timeouts": s.rpc_timeouts,
         "rpc_served": s.rpc_served,
+        "handlers_cancelled": s.handlers_cancelled,
         "disconnects": s.disconnects,
         "reconnects": s.reconnects,
         "rpc_latency_us": latency_json(&s.rpc_latency),

@@ -385,3 +385,32 @@ fn sub_prints_repeated_headers_and_exact_payloads() {
     let (code, stderr) = sub.wait_exit();
     assert_eq!(code, Some(0), "{stderr:?}");
 }
+
+#[test]
+fn call_timeout_bounds_connecting_to_no_broker() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let failed = run(&[
+        "call",
+        "math.double",
+        "21",
+        "--timeout",
+        "500ms",
+        "--url",
+        &format!("zmq://127.0.0.1:{port}"),
+    ]);
+    let elapsed = started.elapsed();
+    failed.expect_code(19);
+    assert!(failed.stderr.contains("unreachable"), "{failed:?}");
+    assert!(failed.stderr.contains("[transport]"), "{failed:?}");
+    // The connect wait alone is 5 s: --timeout must cut it (slack for a
+    // loaded machine starting a process).
+    assert!(
+        elapsed < std::time::Duration::from_secs(3),
+        "call --timeout 500ms took {elapsed:?}"
+    );
+}

@@ -247,4 +247,12 @@ impl Bus {
         }
         self.inner.transport.shutdown().await
     }
+
+    /// A test hook, not for applications: dies as a crashed process would (see
+    /// [`EventBus::kill`]). Every later call on any clone is [`Error::Closed`].
+    #[doc(hidden)]
+    pub fn __kill(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.transport.kill()
+    }
 }

@@ -37,6 +37,14 @@ pub enum Error {
     /// The operation did not complete before its deadline.
     #[error("the operation timed out")]
     Timeout,
+    /// The provider that took the call was lost (its process or connection
+    /// died) before answering. The call may have been partly handled, so it is
+    /// not safe to blindly retry a call that is not idempotent.
+    #[error("the provider of {method:?} was lost before answering")]
+    ProviderLost {
+        /// The method called.
+        method: String,
+    },
     /// The remote handler failed; `kind` names the failure, `message` describes it.
     #[error("remote error {kind}: {message}")]
     Remote {
@@ -108,6 +116,7 @@ impl Error {
             Error::InvalidUrl { .. } => "invalid_url",
             Error::NoResponders { .. } => "no_responders",
             Error::Timeout => "timeout",
+            Error::ProviderLost { .. } => "provider_lost",
             Error::Remote { .. } => "remote",
             Error::Codec(_) => "codec",
             Error::Malformed(_) => "malformed",

@@ -19,6 +19,7 @@
 use crate::envelope::{Envelope, MessageId};
 use crate::error::{Error, Result};
 use crate::inflight::InFlight;
+use crate::liveness::{self, Notice};
 use crate::mailbox::Incoming;
 use crate::name::{Name, Pattern};
 use crate::pending::PendingCalls;
@@ -89,7 +90,14 @@ impl RpcOverPubSub {
                 let router = tokio::spawn(async move {
                     while let Some(item) = replies.next().await {
                         if let Incoming::Message(reply) = item {
-                            pending.complete(reply);
+                            match read_notice(&reply) {
+                                Some((call, notice)) => {
+                                    pending.notice(call, notice);
+                                }
+                                None => {
+                                    pending.complete(reply);
+                                }
+                            }
                         }
                     }
                 });
@@ -125,25 +133,72 @@ fn timeout_of(request: &Envelope) -> Duration {
     request.remaining().unwrap_or(crate::DEFAULT_TIMEOUT)
 }
 
-/// Answers one request and publishes the reply to its inbox.
+/// Answers one request and publishes the reply to its inbox, with working
+/// notices while the handler runs long ([`liveness`]).
 async fn answer(inner: &Arc<dyn EventBus>, handler: &dyn Handler, request: Envelope) {
     let Some(reply_to) = request.reply_to.clone() else {
         Stats::incr(&inner.stats().rejected);
         tracing::warn!(id = %request.id, "RPC request without a reply address dropped");
         return;
     };
-    let Some(mut reply) = reply::respond(handler, request, inner.stats()).await else {
-        return;
+    let inbox = match Name::new(&reply_to) {
+        Ok(inbox) => inbox,
+        Err(err) => {
+            tracing::warn!(%err, "RPC request with an invalid reply address dropped");
+            return;
+        }
     };
-    match Name::new(&reply_to) {
-        Ok(inbox) => {
-            reply.subject = inbox;
-            if let Err(err) = inner.publish(reply).await {
-                tracing::warn!(%err, "could not publish an RPC reply");
+    let call = request.id;
+    let work = async {
+        let Some(mut reply) = reply::respond(handler, request, inner.stats()).await else {
+            return;
+        };
+        reply.subject = inbox.clone();
+        if let Err(err) = inner.publish(reply).await {
+            tracing::warn!(%err, "could not publish an RPC reply");
+        }
+    };
+    let notify = |notice: Notice| {
+        let envelope = notice_envelope(inbox.clone(), call, notice);
+        async move {
+            if let Err(err) = inner.publish(envelope).await {
+                tracing::debug!(%err, "could not publish an RPC working notice");
             }
         }
-        Err(err) => tracing::warn!(%err, "RPC request with an invalid reply address dropped"),
-    }
+    };
+    liveness::with_notices(work, notify).await;
+}
+
+/// The header of a working notice: `working:<worker>` or `done:<worker>`.
+const NOTICE_HEADER: &str = "busbar-notice";
+
+/// A handler's notice to the caller's inbox, correlated to the call.
+fn notice_envelope(inbox: Name, call: MessageId, notice: Notice) -> Envelope {
+    let mut envelope = Envelope::new(
+        crate::Kind::Event,
+        inbox,
+        crate::ContentType::JSON,
+        bytes::Bytes::new(),
+    );
+    envelope.correlation_id = Some(call);
+    let state = if notice.done { "done" } else { "working" };
+    envelope.headers.push((
+        NOTICE_HEADER.to_owned(),
+        format!("{state}:{}", notice.worker),
+    ));
+    envelope
+}
+
+/// The notice an inbox message carries, if it is one.
+fn read_notice(envelope: &Envelope) -> Option<(MessageId, Notice)> {
+    let (state, worker) = envelope.header(NOTICE_HEADER)?.split_once(':')?;
+    let worker = MessageId(u128::from_str_radix(worker, 16).ok()?);
+    let done = match state {
+        "working" => false,
+        "done" => true,
+        _ => return None,
+    };
+    Some((envelope.correlation_id?, Notice { worker, done }))
 }
 
 /// One provider: answers broadcast requests and takes its share of the queue.
@@ -159,8 +214,9 @@ async fn provide(
         let inner = inner.clone();
         let handler = handler.clone();
         let running = in_flight.enter();
+        let work = in_flight.clone();
         tokio::spawn(async move {
-            answer(&inner, &*handler, request).await;
+            work.abortable(answer(&inner, &*handler, request)).await;
             drop(running);
         });
     };
@@ -302,9 +358,10 @@ impl EventBus for RpcOverPubSub {
         let call = self.pending.register(request.id);
         let mut request = request;
         request.reply_to = Some(self.inbox().await?.to_owned());
-        request.subject = internal_name("one", &request.subject)?;
+        let method = request.subject.clone();
+        request.subject = internal_name("one", &method)?;
         self.inner.queue_put(request).await?;
-        call.one(timeout).await
+        call.one(timeout, method.as_str()).await
     }
 
     async fn call_all(&self, request: Envelope) -> Result<Vec<Result<Envelope>>> {
@@ -327,7 +384,7 @@ impl EventBus for RpcOverPubSub {
                 method: method.to_string(),
             });
         }
-        Ok(call.gather(reached, timeout).await)
+        Ok(call.gather(reached, timeout, method.as_str()).await)
     }
 
     async fn shutdown(&self) -> Result<()> {
@@ -348,5 +405,18 @@ impl EventBus for RpcOverPubSub {
         }
         self.pending.fail_all();
         self.inner.shutdown().await
+    }
+
+    fn kill(&self) -> Result<()> {
+        for provider in self
+            .providers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            provider.abort();
+        }
+        self.in_flight.kill();
+        self.inner.kill()
     }
 }

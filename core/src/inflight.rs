@@ -1,6 +1,8 @@
-//! Counts handlers at work so shutdown can wait for them, with a bound.
+//! Counts handlers at work so shutdown can wait for them, with a bound, and
+//! aborts them all at once when the bus is killed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -15,6 +17,8 @@ pub struct InFlight {
 struct Inner {
     running: AtomicUsize,
     idle: Notify,
+    killed: AtomicBool,
+    kill: Notify,
 }
 
 /// Held while one handler runs.
@@ -48,6 +52,38 @@ impl InFlight {
             }
         };
         tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
+    /// Runs `work` (a handler and whatever sends its answer) until it ends, or
+    /// until [`kill`](InFlight::kill): then `work` is dropped where it stands
+    /// and this is `None`.
+    pub async fn abortable<F: Future>(&self, work: F) -> Option<F::Output> {
+        let killed = async {
+            loop {
+                let kill = self.inner.kill.notified();
+                if self.is_killed() {
+                    return;
+                }
+                kill.await;
+            }
+        };
+        tokio::select! {
+            biased;
+            output = work => Some(output),
+            () = killed => None,
+        }
+    }
+
+    /// Aborts every handler running in [`abortable`](InFlight::abortable), now
+    /// and later: what a crashed process does to its work.
+    pub fn kill(&self) {
+        self.inner.killed.store(true, Ordering::SeqCst);
+        self.inner.kill.notify_waiters();
+    }
+
+    /// True once [`kill`](InFlight::kill) was called.
+    pub fn is_killed(&self) -> bool {
+        self.inner.killed.load(Ordering::SeqCst)
     }
 }
 

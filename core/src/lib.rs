@@ -20,6 +20,7 @@ pub mod fallback;
 pub mod global;
 pub mod inflight;
 mod kind_probe;
+pub mod liveness;
 pub mod mailbox;
 mod name;
 pub mod pending;

@@ -3,23 +3,26 @@
 
 use crate::envelope::{Envelope, MessageId};
 use crate::error::{Error, Result};
+use crate::liveness::{self, Heard, Notice};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+type Sender = mpsc::UnboundedSender<Heard<Envelope>>;
+
 /// In-flight calls awaiting replies. Replies that match nothing (late, or for a
 /// call that was cancelled) are dropped.
 #[derive(Default)]
 pub struct PendingCalls {
-    waiting: Mutex<HashMap<MessageId, mpsc::UnboundedSender<Envelope>>>,
+    waiting: Mutex<HashMap<MessageId, Sender>>,
 }
 
 /// One in-flight call; dropping it forgets the call.
 pub struct PendingCall<'a> {
     calls: &'a PendingCalls,
     id: MessageId,
-    replies: mpsc::UnboundedReceiver<Envelope>,
+    replies: mpsc::UnboundedReceiver<Heard<Envelope>>,
 }
 
 impl PendingCalls {
@@ -40,7 +43,15 @@ impl PendingCalls {
             return false;
         };
         match self.lock().get(&id) {
-            Some(tx) => tx.send(reply).is_ok(),
+            Some(tx) => tx.send(Heard::Answer(reply)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Routes a handler's [`Notice`] to the call `id`; false if no call waits.
+    pub fn notice(&self, id: MessageId, notice: Notice) -> bool {
+        match self.lock().get(&id) {
+            Some(tx) => tx.send(Heard::Notice(notice)).is_ok(),
             None => false,
         }
     }
@@ -60,39 +71,38 @@ impl PendingCalls {
         self.lock().clear();
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<MessageId, mpsc::UnboundedSender<Envelope>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, Sender>> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl PendingCall<'_> {
-    /// The first reply, or [`Error::Timeout`] after `timeout`.
-    pub async fn one(mut self, timeout: Duration) -> Result<Envelope> {
-        match tokio::time::timeout(timeout, self.replies.recv()).await {
-            Ok(Some(reply)) => Ok(reply),
-            Ok(None) => Err(Error::transport(
-                "connection lost while waiting for the reply",
-            )),
-            Err(_) => Err(Error::Timeout),
-        }
+    /// The first reply; [`Error::Timeout`] after `timeout`, or
+    /// [`Error::ProviderLost`] when the handler that took the call falls
+    /// silent (see [`liveness`]).
+    pub async fn one(mut self, timeout: Duration, method: &str) -> Result<Envelope> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        liveness::one(&mut self.replies, deadline)
+            .await
+            .map_err(|why| match why {
+                liveness::Unanswered::Closed => {
+                    Error::transport("connection lost while waiting for the reply")
+                }
+                other => other.into_error(method),
+            })
     }
 
     /// Up to `expected` replies, returning as soon as all arrived or at `timeout`
-    /// with a [`Error::Timeout`] entry for each missing one.
-    pub async fn gather(mut self, expected: usize, timeout: Duration) -> Vec<Result<Envelope>> {
+    /// with a [`Error::Timeout`] entry for each missing one
+    /// ([`Error::ProviderLost`] for a handler that fell silent).
+    pub async fn gather(
+        mut self,
+        expected: usize,
+        timeout: Duration,
+        method: &str,
+    ) -> Vec<Result<Envelope>> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut out = Vec::with_capacity(expected);
-        while out.len() < expected {
-            match tokio::time::timeout_at(deadline, self.replies.recv()).await {
-                Ok(Some(reply)) => out.push(Ok(reply)),
-                Ok(None) => break,
-                Err(_) => break,
-            }
-        }
-        out.resize_with(expected, || Err(Error::Timeout));
-        out
+        liveness::gather(&mut self.replies, expected, deadline, method, |_| 0).await
     }
 }
 

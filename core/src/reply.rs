@@ -22,7 +22,10 @@ struct FaultBody {
 ///
 /// Returns `None` when the handler does not [`admit`](Handler::admit) the request,
 /// or when its deadline has already passed (the caller has given up, so no work
-/// is done). A handler that returns a fault or panics yields an
+/// is done). A handler still running at the request's deadline is cancelled: its
+/// future is dropped there (as tarpc does), counted in
+/// [`Stats::handlers_cancelled`], and nothing is answered, since the caller has
+/// already timed out. A handler that returns a fault or panics yields an
 /// [`Kind::ErrorReply`]; the provider keeps serving either way. The reply goes
 /// through [`Handler::finish`] last.
 pub async fn respond(handler: &dyn Handler, request: Envelope, stats: &Stats) -> Option<Envelope> {
@@ -33,10 +36,21 @@ pub async fn respond(handler: &dyn Handler, request: Envelope, stats: &Stats) ->
     }
     Stats::incr(&stats.rpc_served);
     let span = tracing::debug_span!("busbar.handle", method = %request.subject, correlation_id = %request.id);
-    let outcome = AssertUnwindSafe(handler.handle(request.clone()).instrument(span))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| Err(Fault::new("panic", panic_message(&*panic))));
+    let work = AssertUnwindSafe(handler.handle(request.clone()).instrument(span)).catch_unwind();
+    let mut work = std::pin::pin!(work);
+    let outcome = match request.remaining() {
+        None => work.await,
+        // Borrowed, so the handler is dropped after it is counted, on return.
+        Some(left) => match tokio::time::timeout(left, work.as_mut()).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                Stats::incr(&stats.handlers_cancelled);
+                tracing::debug!(method = %request.subject, id = %request.id, "handler cancelled at its caller's deadline");
+                return None;
+            }
+        },
+    };
+    let outcome = outcome.unwrap_or_else(|panic| Err(Fault::new("panic", panic_message(&*panic))));
     handler.finish(match outcome {
         Ok(payload) => request.reply(Kind::Reply, ContentType::JSON, payload),
         Err(fault) => error_reply(&request, fault),

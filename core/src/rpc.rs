@@ -108,8 +108,10 @@ impl<Args: Serialize, Ret: DeserializeOwned> Stub<Args, Ret> {
     /// Calls one provider and decodes its answer.
     ///
     /// Fails with [`Error::NoResponders`] at once when nobody serves the method,
-    /// [`Error::Timeout`] at the deadline, and [`Error::Remote`] when the handler
-    /// returned an error or panicked.
+    /// [`Error::Timeout`] at the deadline, [`Error::Remote`] when the handler
+    /// returned an error or panicked, and [`Error::ProviderLost`] when the
+    /// provider that took the call died before answering (see
+    /// [`liveness`](crate::liveness) for how soon).
     pub async fn call(&self, args: &Args) -> Result<Ret> {
         let request = self.request(args)?;
         let transport = self.bus.transport_checked()?;
@@ -129,8 +131,9 @@ impl<Args: Serialize, Ret: DeserializeOwned> Stub<Args, Ret> {
     }
 
     /// Calls every provider and gathers one entry per provider: its answer, its
-    /// error, or [`Error::Timeout`] if it missed the deadline. Returns as soon as
-    /// every provider that got the request has answered.
+    /// error, [`Error::ProviderLost`] if it died before answering, or
+    /// [`Error::Timeout`] if it missed the deadline. Returns as soon as every
+    /// provider that got the request has answered.
     pub async fn call_all(&self, args: &Args) -> Result<Vec<Result<Ret>>> {
         let request = self.request(args)?;
         let transport = self.bus.transport_checked()?;

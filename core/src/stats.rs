@@ -61,6 +61,9 @@ counters!(
     rpc_timeouts,
     /// RPC requests handled by this bus's providers.
     rpc_served,
+    /// Handlers of this bus's providers cancelled (their future dropped) because
+    /// they were still running at their caller's deadline.
+    handlers_cancelled,
     /// Times the connection to a broker was lost.
     disconnects,
     /// Times the connection to a broker was restored.

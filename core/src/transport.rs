@@ -335,12 +335,26 @@ pub trait EventBus: Send + Sync + 'static {
     async fn call(&self, request: Envelope) -> Result<Envelope>;
 
     /// Sends `request` to every provider of its method and gathers one entry per
-    /// provider: its reply, or [`Error::Timeout`] if it missed the deadline.
+    /// provider: its reply, [`Error::ProviderLost`] if it died before
+    /// answering, or [`Error::Timeout`] if it missed the deadline.
     async fn call_all(&self, request: Envelope) -> Result<Vec<Result<Envelope>>>;
 
     /// Stops taking work, lets in-flight handlers finish (bounded) and releases
     /// every broker-side resource.
     async fn shutdown(&self) -> Result<()>;
+
+    /// A test hook, not for applications: dies as a crashed process would.
+    /// Drops every connection at once, aborts running handlers, says no
+    /// goodbye and sends nothing more; later calls are [`Error::Closed`].
+    /// The conformance suite uses it to lose a provider mid-call. A transport
+    /// that cannot do it answers [`Error::Unsupported`], which fails the suite.
+    #[doc(hidden)]
+    fn kill(&self) -> Result<()> {
+        Err(Error::Unsupported {
+            transport: self.name(),
+            operation: "kill (a test hook)",
+        })
+    }
 }
 
 /// Opens a transport for a URL scheme. Transport crates register one with

@@ -15,7 +15,8 @@
 //!
 //! The rules live in one module per concern, each test a `pub async fn` taking a
 //! [`Harness`] whose doc states the rule it checks:
-//! [`pubsub`], [`queue`], [`rpc`], [`names`], [`limits`] and [`lifecycle`].
+//! [`pubsub`], [`queue`], [`rpc`], [`rpc_faults`], [`names`], [`limits`] and
+//! [`lifecycle`].
 //!
 //! Waits are bounded ([`within`], [`within_long`]) and never sleep: a test waits
 //! for the event itself. To show that something does *not* arrive, a test
@@ -37,6 +38,7 @@ pub mod names;
 pub mod pubsub;
 pub mod queue;
 pub mod rpc;
+pub mod rpc_faults;
 pub mod secured;
 
 pub use lifecycle::*;
@@ -45,6 +47,7 @@ pub use names::*;
 pub use pubsub::*;
 pub use queue::*;
 pub use rpc::*;
+pub use rpc_faults::*;
 
 /// How long any single wait in the suite may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -311,6 +314,9 @@ macro_rules! suite {
             wrong_argument_type_is_bad_request,
             wrong_return_type_is_codec_error,
             rpc_stats_move,
+            handler_past_its_deadline_is_cancelled,
+            provider_lost_mid_call_is_provider_lost,
+            provider_lost_mid_call_all_is_a_provider_lost_entry,
             // names
             invalid_topics_are_rejected_before_sending,
             invalid_patterns_are_rejected,

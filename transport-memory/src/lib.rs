@@ -263,11 +263,18 @@ impl EventBus for MemoryBus {
         }
         Ok(())
     }
+
+    fn kill(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        self.release();
+        self.in_flight.kill();
+        Ok(())
+    }
 }
 
-impl Drop for MemoryBus {
-    fn drop(&mut self) {
-        // A bus dropped without shutdown releases what it registered on the hub.
+impl MemoryBus {
+    /// Releases what this bus registered on the hub, at once.
+    fn release(&self) {
         self.shutdown_signal.notify_waiters();
         for providers in self.hub.providers.iter() {
             providers.remove_where(|p| p.owner == self.id);
@@ -277,6 +284,13 @@ impl Drop for MemoryBus {
                 .subscriptions
                 .remove_where(None, |e| e.owner == self.id),
         );
+    }
+}
+
+impl Drop for MemoryBus {
+    fn drop(&mut self) {
+        // A bus dropped without shutdown releases what it registered on the hub.
+        self.release();
     }
 }
 

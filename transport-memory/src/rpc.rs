@@ -5,6 +5,7 @@ use busbar_core::transport::Handler;
 use busbar_core::{reply, Envelope, Error, Result, Stats};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use tokio::time::error::Elapsed;
 
 #[derive(Clone)]
 pub(crate) struct Provider {
@@ -53,12 +54,9 @@ impl Providers {
     pub(crate) async fn call(&self, request: Envelope) -> Result<Envelope> {
         let provider = self.pick().ok_or_else(|| no_responders(&request))?;
         let deadline = deadline_of(&request);
+        let method = request.subject.clone();
         let answer = tokio::spawn(run(provider, request));
-        match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(Some(reply))) => Ok(reply),
-            Ok(Ok(None)) | Err(_) => Err(Error::Timeout),
-            Ok(Err(join)) => Err(Error::transport(join)),
-        }
+        outcome(&method, tokio::time::timeout_at(deadline, answer).await)
     }
 
     pub(crate) async fn call_all(&self, request: Envelope) -> Result<Vec<Result<Envelope>>> {
@@ -73,19 +71,34 @@ impl Providers {
             .collect();
         let mut replies = Vec::with_capacity(answers.len());
         for answer in answers {
-            replies.push(match tokio::time::timeout_at(deadline, answer).await {
-                Ok(Ok(Some(reply))) => Ok(reply),
-                Ok(Ok(None)) | Err(_) => Err(Error::Timeout),
-                Ok(Err(join)) => Err(Error::transport(join)),
-            });
+            replies.push(outcome(
+                &request.subject,
+                tokio::time::timeout_at(deadline, answer).await,
+            ));
         }
         Ok(replies)
     }
 }
 
-async fn run(provider: Provider, request: Envelope) -> Option<Envelope> {
+/// The reply; `Some(None)` when there is none (expired, cancelled at the
+/// deadline), `None` when the provider's bus was killed meanwhile.
+async fn run(provider: Provider, request: Envelope) -> Option<Option<Envelope>> {
     let _running = provider.in_flight.enter();
-    reply::respond(&*provider.handler, request, &provider.stats).await
+    let work = reply::respond(&*provider.handler, request, &provider.stats);
+    provider.in_flight.abortable(work).await
+}
+
+type Answer = Result<Result<Option<Option<Envelope>>, tokio::task::JoinError>, Elapsed>;
+
+fn outcome(method: &busbar_core::Name, answer: Answer) -> Result<Envelope> {
+    match answer {
+        Ok(Ok(Some(Some(reply)))) => Ok(reply),
+        Ok(Ok(Some(None))) | Err(_) => Err(Error::Timeout),
+        Ok(Ok(None)) => Err(Error::ProviderLost {
+            method: method.to_string(),
+        }),
+        Ok(Err(join)) => Err(Error::transport(join)),
+    }
 }
 
 fn no_responders(request: &Envelope) -> Error {

@@ -85,6 +85,7 @@
 
 mod command;
 mod connection;
+mod kill;
 pub mod pubsub;
 pub mod queue;
 pub mod rpc;
@@ -536,15 +537,7 @@ impl Drop for RedisBus {
     fn drop(&mut self) {
         // The writer is not stopped: it sends what was published before the drop,
         // then ends when the last reference to the bus goes.
-        for tasks in [&self.shared.tasks, &self.shared.core_tasks] {
-            for task in tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-                task.abort();
-            }
-        }
-        for serving in self.shared.serving.iter() {
-            serving.value().abort();
-        }
-        self.shared.pool.close();
+        kill::abort_tasks(&self.shared);
     }
 }
 
@@ -717,6 +710,11 @@ impl EventBus for RedisBus {
             task.abort();
         }
         bus.link.close();
+        Ok(())
+    }
+
+    fn kill(&self) -> Result<()> {
+        kill::kill(&self.shared);
         Ok(())
     }
 }

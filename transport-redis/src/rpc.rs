@@ -27,7 +27,14 @@
 //! reply:   0xB2 | status u8 (0 answered, 1 no provider left) |
 //!          providers u16 (of the method on the answering bus) |
 //!          source: u8 length + bytes (the answering bus) | envelope
+//! notice:  0xB2 | status u8 (2 working, 3 done) | providers u16 |
+//!          source: u8 length + bytes | call id [16] | worker id [16]
 //! ```
+//!
+//! The caller cannot see which provider popped its request, so a handler that
+//! runs long says so: the notices of [`busbar_core::liveness`] (the first after
+//! 100 ms of running, then every second; a caller that heard one and then
+//! nothing for 3 s fails the call with [`Error::ProviderLost`]).
 //!
 //! Providers drop requests whose deadline has passed ([`respond`]). A request
 //! left in the list by a provider that vanished is dropped by the next provider
@@ -37,23 +44,31 @@ use crate::command::{command, run_script, script_command, Joined};
 use crate::connection::{Backoff, Connection};
 use crate::pubsub::{decode, Route};
 use crate::Shared;
+use busbar_core::liveness::{self, Notice};
 use busbar_core::reply::{error_reply, respond};
 use busbar_core::transport::{Guard, Handler};
 use busbar_core::{wire, Envelope, Error, Fault, Kind, MessageId, Name, Result, Stats};
 use bytes::Bytes;
-use dashmap::DashMap;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use redis::{Script, Value};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
+
+#[path = "rpc_frames.rs"]
+mod frames;
+
+use frames::{frame_notice, frame_reply, frame_request, unframe_request, Reply};
+pub(crate) use frames::{InboxRoute, Pending};
 
 const REQUEST_FRAME: u8 = 0xB1;
 const REPLY_FRAME: u8 = 0xB2;
 const ANSWERED: u8 = 0;
 const NO_PROVIDER_LEFT: u8 = 1;
+const WORKING: u8 = 2;
+const DONE: u8 = 3;
 /// Pops one provider keeps outstanding.
 const POP_WINDOW: usize = 2;
 /// Most requests one provider pops at once.
@@ -112,134 +127,6 @@ pub(crate) fn inbox_prefix(namespace: &str) -> String {
     format!("{namespace}:i:")
 }
 
-fn frame_request(reply_to: &str, envelope: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(3 + reply_to.len() + envelope.len());
-    out.push(REQUEST_FRAME);
-    out.extend_from_slice(&(reply_to.len() as u16).to_be_bytes());
-    out.extend_from_slice(reply_to.as_bytes());
-    out.extend_from_slice(envelope);
-    out
-}
-
-/// The reply channel and the envelope bytes of a request frame.
-fn unframe_request(frame: &Bytes) -> Option<(&str, Bytes)> {
-    if frame.first() != Some(&REQUEST_FRAME) || frame.len() < 3 {
-        return None;
-    }
-    let len = u16::from_be_bytes([frame[1], frame[2]]) as usize;
-    let reply_to = std::str::from_utf8(frame.get(3..3 + len)?).ok()?;
-    Some((reply_to, frame.slice(3 + len..)))
-}
-
-fn frame_reply(status: u8, providers: usize, source: &str, envelope: &[u8]) -> Vec<u8> {
-    let source = &source.as_bytes()[..source.len().min(255)];
-    let mut out = Vec::with_capacity(5 + source.len() + envelope.len());
-    out.push(REPLY_FRAME);
-    out.push(status);
-    out.extend_from_slice(&(providers.min(u16::MAX as usize) as u16).to_be_bytes());
-    out.push(source.len() as u8);
-    out.extend_from_slice(source);
-    out.extend_from_slice(envelope);
-    out
-}
-
-/// A reply as its frame tells it.
-struct Reply {
-    status: u8,
-    providers: usize,
-    source: Bytes,
-    envelope: Envelope,
-}
-
-fn unframe_reply(frame: &Bytes, bus: &Shared) -> Option<Reply> {
-    if frame.first() != Some(&REPLY_FRAME) || frame.len() < 5 {
-        return None;
-    }
-    let status = frame[1];
-    let providers = u16::from_be_bytes([frame[2], frame[3]]) as usize;
-    let len = frame[4] as usize;
-    let source = frame.slice(5..(5 + len).min(frame.len()));
-    let envelope = decode(
-        &frame.slice((5 + len).min(frame.len())..),
-        bus.config.max_envelope,
-        &bus.stats,
-    )?;
-    Some(Reply {
-        status,
-        providers,
-        source,
-        envelope,
-    })
-}
-
-/// Calls waiting for replies, by request id.
-#[derive(Default)]
-pub(crate) struct Pending {
-    waiting: DashMap<MessageId, mpsc::UnboundedSender<Reply>>,
-}
-
-struct Waiter<'a> {
-    pending: &'a Pending,
-    id: MessageId,
-    replies: mpsc::UnboundedReceiver<Reply>,
-}
-
-impl Pending {
-    fn register(&self, id: MessageId) -> Waiter<'_> {
-        let (tx, replies) = mpsc::unbounded_channel();
-        self.waiting.insert(id, tx);
-        Waiter {
-            pending: self,
-            id,
-            replies,
-        }
-    }
-
-    fn complete(&self, reply: Reply) {
-        if let Some(id) = reply.envelope.correlation_id {
-            if let Some(tx) = self.waiting.get(&id) {
-                let _ = tx.send(reply);
-            }
-        }
-    }
-
-    pub(crate) fn fail_all(&self) {
-        self.waiting.clear();
-    }
-}
-
-impl Drop for Waiter<'_> {
-    fn drop(&mut self) {
-        self.pending.waiting.remove(&self.id);
-    }
-}
-
-/// Routes replies arriving on this bus's inbox.
-pub(crate) struct InboxRoute {
-    pub(crate) bus: Weak<Shared>,
-}
-
-impl Route for InboxRoute {
-    fn deliver(&self, _channel: &[u8], payload: &Bytes) {
-        let Some(bus) = self.bus.upgrade() else {
-            return;
-        };
-        let Some(reply) = unframe_reply(payload, &bus) else {
-            if payload.first() != Some(&REPLY_FRAME) {
-                Stats::incr(&bus.stats.rejected);
-                tracing::warn!("rejected a message on the reply channel that is not a reply frame");
-            }
-            return;
-        };
-        if !matches!(reply.envelope.kind, Kind::Reply | Kind::ErrorReply) {
-            Stats::incr(&bus.stats.rejected);
-            tracing::warn!(kind = ?reply.envelope.kind, "rejected a non-reply on the reply channel");
-            return;
-        }
-        bus.pending.complete(reply);
-    }
-}
-
 /// Subscribes this bus's inbox once (live before the first request leaves).
 async fn inbox(bus: &Arc<Shared>) -> Result<&str> {
     bus.inbox
@@ -261,6 +148,8 @@ fn timeout_of(request: &Envelope) -> Duration {
 /// Sends `request` to one provider and waits for its reply.
 pub(crate) async fn call(bus: &Arc<Shared>, request: Envelope) -> Result<Envelope> {
     let timeout = timeout_of(&request);
+    // One deadline for waiting out an outage, sending and the answer.
+    let deadline = tokio::time::Instant::now() + timeout;
     let bytes = frame_request(inbox(bus).await?, &wire::encode(&request)?);
     let method = request.subject.as_str();
     let mut waiter = bus.pending.register(request.id);
@@ -280,7 +169,7 @@ pub(crate) async fn call(bus: &Arc<Shared>, request: Envelope) -> Result<Envelop
         .arg(expiry)
         .arg(numsub(bus));
     let sent = run_script::<i64>(&mut c, &CALL, &invocation);
-    let providers = match tokio::time::timeout(timeout, sent).await {
+    let providers = match tokio::time::timeout_at(deadline, sent).await {
         Ok(result) => conn.check(result)?,
         Err(_) => return Err(Error::Timeout),
     };
@@ -289,14 +178,12 @@ pub(crate) async fn call(bus: &Arc<Shared>, request: Envelope) -> Result<Envelop
             method: method.to_owned(),
         });
     }
-    let remaining = timeout_of(&request);
-    match tokio::time::timeout(remaining, waiter.replies.recv()).await {
-        Ok(Some(reply)) if reply.status == NO_PROVIDER_LEFT => Err(Error::NoResponders {
+    match liveness::one(&mut waiter.replies, deadline).await {
+        Ok(reply) if reply.status == NO_PROVIDER_LEFT => Err(Error::NoResponders {
             method: method.to_owned(),
         }),
-        Ok(Some(reply)) => Ok(reply.envelope),
-        Ok(None) => Err(Error::Closed),
-        Err(_) => Err(Error::Timeout),
+        Ok(reply) => Ok(reply.envelope),
+        Err(why) => Err(why.into_error(method)),
     }
 }
 
@@ -306,6 +193,8 @@ pub(crate) async fn call_all(
     request: Envelope,
 ) -> Result<Vec<Result<Envelope>>> {
     let timeout = timeout_of(&request);
+    // One deadline for waiting out an outage, sending and the answer.
+    let deadline = tokio::time::Instant::now() + timeout;
     let bytes = frame_request(inbox(bus).await?, &wire::encode(&request)?);
     let method = request.subject.as_str();
     let mut waiter = bus.pending.register(request.id);
@@ -315,7 +204,7 @@ pub(crate) async fn call_all(
     let mut publish = command(bus.counted_publish(), 2, presence.len() + bytes.len());
     publish.arg(presence).arg(&bytes[..]);
     let sent = publish.query_async::<i64>(&mut c);
-    let receivers = match tokio::time::timeout(timeout, sent).await {
+    let receivers = match tokio::time::timeout_at(deadline, sent).await {
         Ok(result) => conn.check(result)?,
         Err(_) => return Err(Error::Timeout),
     };
@@ -324,27 +213,33 @@ pub(crate) async fn call_all(
             method: method.to_owned(),
         });
     }
-    let deadline = tokio::time::Instant::now() + timeout_of(&request);
-    let mut expected = receivers as usize;
+    // Receivers are buses: a bus with several providers says so in its replies.
     let mut sources = std::collections::HashSet::new();
-    let mut out = Vec::with_capacity(expected);
-    while out.len() < expected {
-        match tokio::time::timeout_at(deadline, waiter.replies.recv()).await {
-            Ok(Some(reply)) => {
-                if reply.status != ANSWERED {
-                    continue;
-                }
-                if sources.insert(reply.source.clone()) {
-                    expected += reply.providers.clamp(1, 1024) - 1;
-                }
-                out.push(Ok(reply.envelope));
-            }
-            Ok(None) => break,
-            Err(_) => break,
+    let more = |reply: &Reply| {
+        if sources.insert(reply.source.clone()) {
+            reply.providers.clamp(1, 1024) - 1
+        } else {
+            0
         }
-    }
-    out.resize_with(expected, || Err(Error::Timeout));
-    Ok(out)
+    };
+    let replies = liveness::gather(
+        &mut waiter.replies,
+        receivers as usize,
+        deadline,
+        method,
+        more,
+    )
+    .await;
+    Ok(replies
+        .into_iter()
+        .map(|reply| match reply {
+            Ok(reply) if reply.status == ANSWERED => Ok(reply.envelope),
+            Ok(_) => Err(Error::NoResponders {
+                method: method.to_owned(),
+            }),
+            Err(err) => Err(err),
+        })
+        .collect())
 }
 
 /// One provider of a method on this bus.
@@ -359,7 +254,8 @@ pub(crate) struct Provider {
 }
 
 impl Provider {
-    /// Runs the handler on `request` and publishes the reply.
+    /// Runs the handler on `request` and publishes the reply, with working
+    /// notices while it runs long.
     fn spawn_answer(
         &self,
         bus: Arc<Shared>,
@@ -371,8 +267,29 @@ impl Provider {
         let handler = self.handler.clone();
         let method = self.method.clone();
         let guard = bus.inflight.enter();
+        let in_flight = bus.inflight.clone();
+        let call = request.id;
+        // Shared, not copied: most handlers never send a notice.
+        let reply_to = Bytes::from(reply_to);
+        let notify = {
+            let (bus, reply_to) = (bus.clone(), reply_to.clone());
+            move |notice: Notice| {
+                let job = crate::connection::Job::Publish {
+                    channel: reply_to.clone(),
+                    payload: Bytes::from(frame_notice(&bus.uid, call, notice)),
+                    sharded: true,
+                };
+                let bus = bus.clone();
+                async move {
+                    if let Err(err) = bus.writer.send(job).await {
+                        tracing::debug!(%err, "could not send an RPC working notice");
+                    }
+                }
+            }
+        };
         let mut answer = Box::pin(async move {
-            let reply = respond(handler.as_ref(), request, &bus.stats).await;
+            let work = respond(handler.as_ref(), request, &bus.stats);
+            let reply = liveness::with_notices(work, notify).await;
             (bus, reply)
         });
         // In the pop loop, a handler that answers at once is not worth a task:
@@ -394,12 +311,17 @@ impl Provider {
         tokio::spawn(async move {
             let _guard = guard;
             let _permit = permit;
-            let (bus, reply) = answer.await;
-            let Some(reply) = reply else {
-                return;
-            };
-            let providers = bus.providers.get(&method).map(|n| *n).unwrap_or(1);
-            send_reply(&bus, reply_to, ANSWERED, providers, &reply).await;
+            // A killed bus (a test hook) aborts the handler where it stands.
+            in_flight
+                .abortable(async move {
+                    let (bus, reply) = answer.await;
+                    let Some(reply) = reply else {
+                        return;
+                    };
+                    let providers = bus.providers.get(&method).map(|n| *n).unwrap_or(1);
+                    send_reply(&bus, reply_to, ANSWERED, providers, &reply).await;
+                })
+                .await;
         });
     }
 
@@ -454,18 +376,12 @@ fn encode_reply(bus: &Shared, status: u8, providers: usize, reply: &Envelope) ->
 
 /// Queues a reply on the ordered writer (pipelined with others, no waiting);
 /// waits for room in a task when the writer's buffer is full.
-fn queue_reply(
-    bus: &Arc<Shared>,
-    reply_to: String,
-    status: u8,
-    providers: usize,
-    reply: &Envelope,
-) {
+fn queue_reply(bus: &Arc<Shared>, reply_to: Bytes, status: u8, providers: usize, reply: &Envelope) {
     let Some(payload) = encode_reply(bus, status, providers, reply) else {
         return;
     };
     let job = crate::connection::Job::Publish {
-        channel: Bytes::from(reply_to),
+        channel: reply_to,
         payload: Bytes::from(payload),
         sharded: true,
     };
@@ -480,13 +396,7 @@ fn queue_reply(
     }
 }
 
-async fn send_reply(
-    bus: &Shared,
-    reply_to: String,
-    status: u8,
-    providers: usize,
-    reply: &Envelope,
-) {
+async fn send_reply(bus: &Shared, reply_to: Bytes, status: u8, providers: usize, reply: &Envelope) {
     // Straight to Redis (replies need no ordering among themselves): concurrent
     // replies are pipelined by the multiplexed connection.
     let Some(payload) = encode_reply(bus, status, providers, reply) else {
@@ -496,7 +406,7 @@ async fn send_reply(
         Ok(conn) => {
             let mut c = conn.conn.clone();
             let result = redis::cmd(bus.counted_publish())
-                .arg(&reply_to)
+                .arg(&reply_to[..])
                 .arg(&payload[..])
                 .exec_async(&mut c)
                 .await;
@@ -624,7 +534,7 @@ async fn refuse_queued(bus: &Arc<Shared>, method: &str) {
             &request,
             Fault::new("no_responders", format!("no provider serves {method}")),
         );
-        send_reply(bus, reply_to, NO_PROVIDER_LEFT, 0, &reply).await;
+        send_reply(bus, Bytes::from(reply_to), NO_PROVIDER_LEFT, 0, &reply).await;
     }
 }
 

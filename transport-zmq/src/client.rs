@@ -3,6 +3,7 @@
 //! the DEALER socket; answers come back through per-request waiters.
 
 use crate::acker::ZmqAcker;
+use crate::calls;
 use crate::config::ZmqConfig;
 use crate::connection::{self, Session};
 use crate::protocol::{self, cmd};
@@ -12,7 +13,7 @@ use busbar_core::mailbox::{mailbox, MailboxSender};
 use busbar_core::transport::{Guard, Handler, RawDelivery, RawSubscription};
 use busbar_core::{
     wire, Capabilities, Envelope, Error, EventBus, MessageId, Name, Pattern, Result, Stats,
-    SubscribeOptions, DEFAULT_TIMEOUT,
+    SubscribeOptions,
 };
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -129,6 +130,8 @@ pub(crate) struct Shared {
     pub(crate) waiters: Mutex<HashMap<u64, Waiter>>,
     pub(crate) calls: Mutex<HashMap<MessageId, mpsc::UnboundedSender<CallEvent>>>,
     pub(crate) in_flight: InFlight,
+    /// The connection task, aborted by [`EventBus::kill`].
+    connection: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,7 +143,11 @@ impl Shared {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn check_open(&self) -> Result<()> {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             Err(Error::Closed)
         } else {
@@ -310,8 +317,10 @@ impl ZmqBus {
             waiters: Mutex::default(),
             calls: Mutex::default(),
             in_flight: InFlight::default(),
+            connection: Mutex::default(),
         });
-        tokio::spawn(connection::run(shared.clone(), out_rx, session));
+        let task = tokio::spawn(connection::run(shared.clone(), out_rx, session));
+        *lock(&shared.connection) = Some(task.abort_handle());
         Ok(ZmqBus { shared })
     }
 
@@ -590,59 +599,11 @@ impl EventBus for ZmqBus {
     }
 
     async fn call(&self, request: Envelope) -> Result<Envelope> {
-        let mut call = self.start_call(&request, false)?;
-        let deadline = deadline_of(&request);
-        loop {
-            match tokio::time::timeout_at(deadline, call.events.recv()).await {
-                Err(_) => return Err(Error::Timeout),
-                Ok(None) | Ok(Some(CallEvent::Lost)) => return Err(lost(&self.shared)),
-                Ok(Some(CallEvent::Reply(reply))) => return Ok(*reply),
-                Ok(Some(CallEvent::NoResponders)) => return Err(no_responders(&request)),
-                Ok(Some(CallEvent::Failed(message))) => return Err(Error::transport(message)),
-                Ok(Some(CallEvent::Refused(message))) => return Err(Error::Malformed(message)),
-                Ok(Some(CallEvent::Fanout(_))) | Ok(Some(CallEvent::Withdrawn)) => {}
-            }
-        }
+        calls::call(&self.shared, request).await
     }
 
     async fn call_all(&self, request: Envelope) -> Result<Vec<Result<Envelope>>> {
-        let mut call = self.start_call(&request, true)?;
-        let deadline = deadline_of(&request);
-        let mut expected: Option<usize> = None;
-        let mut out = Vec::new();
-        while !matches!(expected, Some(n) if out.len() >= n) {
-            match tokio::time::timeout_at(deadline, call.events.recv()).await {
-                Err(_) => break,
-                Ok(None) | Ok(Some(CallEvent::Lost)) => {
-                    if expected.is_none() {
-                        return Err(lost(&self.shared));
-                    }
-                    let missing = expected.unwrap_or(0).saturating_sub(out.len());
-                    out.extend((0..missing).map(|_| Err(lost(&self.shared))));
-                }
-                Ok(Some(CallEvent::Fanout(n))) => expected = Some(n as usize),
-                Ok(Some(CallEvent::NoResponders)) => return Err(no_responders(&request)),
-                Ok(Some(CallEvent::Refused(message))) => return Err(Error::Malformed(message)),
-                Ok(Some(CallEvent::Reply(reply))) => out.push(Ok(*reply)),
-                Ok(Some(CallEvent::Failed(message))) => out.push(Err(Error::transport(message))),
-                Ok(Some(CallEvent::Withdrawn)) => {
-                    // A provider left before handling it: one answer fewer to wait for.
-                    if let Some(n) = expected.as_mut() {
-                        *n = n.saturating_sub(1);
-                        if *n == 0 && out.is_empty() {
-                            return Err(no_responders(&request));
-                        }
-                    }
-                }
-            }
-        }
-        match expected {
-            None => Err(Error::Timeout),
-            Some(n) => {
-                out.resize_with(n.max(out.len()), || Err(Error::Timeout));
-                Ok(out)
-            }
-        }
+        calls::call_all(&self.shared, request).await
     }
 
     async fn shutdown(&self) -> Result<()> {
@@ -671,57 +632,17 @@ impl EventBus for ZmqBus {
         }
         Ok(())
     }
-}
 
-/// An RPC call in flight; dropping it forgets the call.
-struct CallHandle<'a> {
-    shared: &'a Shared,
-    id: MessageId,
-    events: mpsc::UnboundedReceiver<CallEvent>,
-}
-
-impl ZmqBus {
-    fn start_call(&self, request: &Envelope, all: bool) -> Result<CallHandle<'_>> {
-        let shared = &*self.shared;
-        shared.check_open()?;
-        if !shared.is_connected() {
-            return Err(shared.not_connected());
+    fn kill(&self) -> Result<()> {
+        let shared = &self.shared;
+        shared.closed.store(true, Ordering::Release);
+        shared.in_flight.kill();
+        // Dropping the socket with the task closes the connection: no BYE, as
+        // when a process dies; the broker sees it go.
+        if let Some(task) = lock(&shared.connection).take() {
+            task.abort();
         }
-        let bytes = wire::encode(request)?;
-        let (tx, events) = mpsc::unbounded_channel();
-        lock(&shared.calls).insert(request.id, tx);
-        let command = if all { cmd::CALL_ALL } else { cmd::CALL };
-        shared.command(protocol::message(command, [bytes]), None);
-        Ok(CallHandle {
-            shared,
-            id: request.id,
-            events,
-        })
+        shared.set_connected(false);
+        Ok(())
     }
-}
-
-impl Drop for CallHandle<'_> {
-    fn drop(&mut self) {
-        lock(&self.shared.calls).remove(&self.id);
-    }
-}
-
-fn deadline_of(request: &Envelope) -> tokio::time::Instant {
-    tokio::time::Instant::now() + request.remaining().unwrap_or(DEFAULT_TIMEOUT)
-}
-
-fn no_responders(request: &Envelope) -> Error {
-    Error::NoResponders {
-        method: request.subject.to_string(),
-    }
-}
-
-fn lost(shared: &Shared) -> Error {
-    if shared.closed.load(Ordering::Acquire) {
-        return Error::Closed;
-    }
-    Error::transport(format!(
-        "lost the connection to the zmq broker at {} during the call",
-        shared.config.endpoint
-    ))
 }

@@ -628,17 +628,22 @@ fn request(shared: &Arc<Shared>, args: &[Bytes]) -> Parsed<()> {
     };
     let running = shared.in_flight.enter();
     let shared = shared.clone();
+    let in_flight = shared.in_flight.clone();
     let mut work = Box::pin(async move {
         let _running = running;
-        if let Some(reply) = respond(&*handler, request, &shared.stats).await {
-            match wire::encode(&reply) {
-                Ok(bytes) => shared.command(
-                    protocol::message(cmd::REPLY, [protocol::u64_frame(token), bytes]),
-                    None,
-                ),
-                Err(err) => tracing::warn!(%err, "could not encode a reply"),
+        let answer = async {
+            if let Some(reply) = respond(&*handler, request, &shared.stats).await {
+                match wire::encode(&reply) {
+                    Ok(bytes) => shared.command(
+                        protocol::message(cmd::REPLY, [protocol::u64_frame(token), bytes]),
+                        None,
+                    ),
+                    Err(err) => tracing::warn!(%err, "could not encode a reply"),
+                }
             }
-        }
+        };
+        // A killed bus (a test hook) aborts it where it stands.
+        in_flight.abortable(answer).await;
     });
     // A handler that answers at once (no waiting) is done here, without a task
     // hop; one that waits continues in a task of its own.

@@ -44,6 +44,7 @@
 
 mod acker;
 mod broker;
+mod calls;
 mod client;
 mod config;
 mod connection;

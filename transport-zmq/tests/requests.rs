@@ -35,7 +35,6 @@ const COUNT: u8 = 0xA3;
 const ERROR: u8 = 0xAF;
 const SERVING: u8 = 0xB0;
 const REQUEST: u8 = 0xB1;
-const FAILED: u8 = 0xB5;
 const SERVE_ERROR: u8 = 0xB7;
 const CALL_ERROR: u8 = 0xB8;
 const BROKER_BATCH: u8 = 0xFF;
@@ -292,7 +291,7 @@ async fn every_request_with_a_readable_number_gets_an_answer() {
 }
 
 /// A provider's REPLY the broker cannot forward fails the call at once
-/// instead of leaving the caller to its deadline.
+/// (CALL_ERROR, as a refused call) instead of leaving the caller to its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_reply_fails_the_call() {
     let broker = broker().await;
@@ -322,7 +321,7 @@ async fn a_malformed_reply_fails_the_call() {
             .send(&[b"BBZ1", &[REPLY], &forwarded[2], bad])
             .await;
         let why = caller
-            .expect_error(FAILED, &request.id.0.to_be_bytes())
+            .expect_error(CALL_ERROR, &request.id.0.to_be_bytes())
             .await;
         assert!(why.contains("reply"), "{why}");
     }

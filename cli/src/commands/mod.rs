@@ -35,6 +35,21 @@ pub(crate) async fn connect(connect: &Connect) -> CmdResult<Bus> {
         .context(|| format!("cannot connect to {}", redact_url(&connect.url)))
 }
 
+/// Connects like [`connect`], giving up at `deadline` with a transport error
+/// that says the bus is unreachable (`call --timeout` bounds connect and call).
+pub(crate) async fn connect_until(
+    connect: &Connect,
+    deadline: tokio::time::Instant,
+) -> CmdResult<Bus> {
+    match tokio::time::timeout_at(deadline, Bus::connect(&connect.url)).await {
+        Ok(bus) => bus.context(|| format!("cannot connect to {}", redact_url(&connect.url))),
+        Err(_) => Err(busbar::Error::transport(
+            "the bus is unreachable: no connection before the --timeout",
+        ))
+        .context(|| format!("cannot connect to {}", redact_url(&connect.url))),
+    }
+}
+
 /// Prints the counters if `--stats` was given, then shuts the bus down
 /// (flushing what it still holds).
 pub(crate) async fn finish(bus: &Bus, connect: &Connect) -> CmdResult {

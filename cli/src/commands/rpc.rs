@@ -1,7 +1,7 @@
 //! `busbar call` and `busbar serve`.
 
 use super::exec::ExecHandler;
-use super::{connect, finish, interrupted};
+use super::{connect, connect_until, finish, interrupted};
 use crate::cli::{CallArgs, ServeArgs};
 use crate::exit::{CmdResult, Context, Failure};
 use crate::input::{parse_json, read_stdin_json};
@@ -19,10 +19,12 @@ pub(crate) async fn call(args: CallArgs) -> CmdResult {
         None => Value::Null,
     };
     Name::new(&args.method)?;
-    let bus = connect(&args.connect).await?;
+    // --timeout bounds connecting and calling together.
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let bus = connect_until(&args.connect, deadline).await?;
     let stub = bus
         .stub::<Value, Value>(&args.method)?
-        .timeout(args.timeout);
+        .timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
     let outcome = if args.all {
         call_all(&stub, &request, &args.method).await
     } else {

@@ -216,7 +216,8 @@ impl Core {
                 Ok(())
             }
             Err(why) => {
-                // The caller would wait for its deadline: the call fails now.
+                // The caller would wait for its deadline: the call fails now,
+                // as refused (CALL_ERROR), not as a lost provider (FAILED).
                 let message = format!(
                     "the provider of {} sent a reply the broker refused: {why}",
                     call.method
@@ -224,7 +225,7 @@ impl Core {
                 self.send(
                     call.caller,
                     protocol::message(
-                        cmd::FAILED,
+                        cmd::CALL_ERROR,
                         [
                             protocol::id_frame(call.request),
                             protocol::text_frame(&message),
