@@ -223,7 +223,7 @@ mod tests {
         };
         let v = stats_json(&s);
         assert_eq!(v["delivered"], 3);
-        assert_eq!(v.as_object().unwrap().len(), 16);
+        assert_eq!(v.as_object().unwrap().len(), 17);
         assert_eq!(v["rpc_latency_us"]["count"], 0);
     }
 }
