@@ -82,7 +82,15 @@ impl ExecStopper {
 #[async_trait]
 impl Handler for ExecHandler {
     async fn handle(&self, request: Envelope) -> Result<Bytes, Fault> {
+        // The bus drops this future at the caller's deadline, which kills the
+        // command's group (see `Group`); the guard leaves the trace of it.
+        let mut cancelled = Cancelled {
+            handler: self,
+            request: &request,
+            armed: true,
+        };
         let outcome = self.run(&request).await;
+        cancelled.armed = false;
         if let Err(fault) = &outcome {
             self.warn(&request, fault);
         }
@@ -96,6 +104,28 @@ impl Handler for ExecHandler {
     /// `timeout` into a `remote` error.
     fn finish(&self, reply: Envelope) -> Option<Envelope> {
         (!is_deadline_fault(&reply)).then_some(reply)
+    }
+}
+
+/// Warns, on drop while armed, that a handler was cancelled mid-command.
+struct Cancelled<'a> {
+    handler: &'a ExecHandler,
+    request: &'a Envelope,
+    armed: bool,
+}
+
+impl Drop for Cancelled<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let fault = Fault::new(
+                DEADLINE_KIND,
+                format!(
+                    "`{}` was still running at the caller's deadline: its processes were killed",
+                    self.handler.command
+                ),
+            );
+            self.handler.warn(self.request, &fault);
+        }
     }
 }
 
