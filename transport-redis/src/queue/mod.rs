@@ -55,9 +55,15 @@
 //! head of the queue). Unsettled items come back after their visibility
 //! timeout: every bus with a consumer taking runs the reaper every
 //! `reap_interval`, and `len` runs it too. Delivery is at least once: an item
-//! whose consumer died or was too slow may be processed twice. A malformed
-//! item that `receive` meets is removed from the in-flight table by id,
-//! through the ordered writer (counted and logged as malformed).
+//! whose consumer died or was too slow may be processed twice.
+//!
+//! An element that is not a valid envelope (pushed by another program) is
+//! moved to `_dead.<queue>` as the core's `dead_letter::malformed` wraps it,
+//! counted in `rejected` and logged at warn under this module; then `receive`
+//! removes it from the in-flight table by id through the ordered writer, and
+//! `get` settles it on its lane like any other. Should Redis stay unreachable
+//! past the outage bound, `receive` leaves it in flight to come back, and `get`
+//! (whose lane has settled it already) drops it, logged at error.
 
 mod ack;
 mod element;
@@ -71,7 +77,8 @@ use crate::connection::Job;
 use crate::Shared;
 use ack::{RedisAcker, RedisClock};
 use busbar_core::transport::RawDelivery;
-use busbar_core::{wire, Envelope, Name, Result};
+use busbar_core::{dead_letter, wire, Envelope, Name, Result, Stats};
+use bytes::Bytes;
 use scripts::{NACK, REAP};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -86,6 +93,47 @@ pub(crate) fn queue_key<'a>(namespace: &'a str, queue: &'a str) -> Joined<'a, 4>
 /// The base key of `queue`.
 pub(crate) fn base_key(namespace: &str, queue: &str) -> String {
     queue_key(namespace, queue).string()
+}
+
+/// The envelope in `bytes`, an element of the queue at `base` (its return
+/// count removed). Anything that is not a valid envelope is moved to
+/// `_dead.<queue>`, wrapped as the core's [`dead_letter::malformed`] says,
+/// counted in `rejected` and logged; `Ok(None)` then. An `Err` means it could
+/// not be moved (Redis unreachable past the outage bound): the caller leaves
+/// it where it is if it can.
+pub(crate) async fn decode_or_bury(
+    bus: &Shared,
+    base: &str,
+    bytes: Bytes,
+) -> Result<Option<Envelope>> {
+    let err = match wire::decode(&bytes, bus.config.max_envelope) {
+        Ok(envelope) => return Ok(Some(envelope)),
+        Err(err) => err,
+    };
+    Stats::incr(&bus.stats.rejected);
+    let queue = queue_of_base(&bus.config.namespace, base)?;
+    let reason = format!("not a valid envelope: {err}");
+    let dead = dead_letter::malformed(bytes, &queue, &reason, bus.config.max_envelope)?;
+    let moved = put(bus, dead).await;
+    match &moved {
+        Ok(()) => {
+            tracing::warn!(%queue, %err, "a queue item that is not a valid envelope was moved to _dead.{queue}")
+        }
+        Err(put_err) => {
+            tracing::warn!(%queue, %err, %put_err, "a queue item that is not a valid envelope could not be moved to _dead.{queue}")
+        }
+    }
+    moved.map(|()| None)
+}
+
+/// The queue whose base key is `base` (`<namespace>:q:{<queue>}`).
+fn queue_of_base(namespace: &str, base: &str) -> Result<Name> {
+    let name = base
+        .strip_prefix(namespace)
+        .and_then(|rest| rest.strip_prefix(":q:{"))
+        .and_then(|rest| rest.strip_suffix('}'))
+        .unwrap_or(base);
+    Name::new(name)
 }
 
 /// `LPUSH`es the item; returns once Redis stored it.
@@ -251,5 +299,12 @@ mod tests {
     #[test]
     fn a_queue_key_keeps_its_keys_in_one_slot() {
         assert_eq!(super::base_key("ns", "jobs.resize"), "ns:q:{jobs.resize}");
+    }
+
+    #[test]
+    fn a_base_key_names_its_queue() {
+        let base = super::base_key("n:s", "jobs.resize");
+        let queue = super::queue_of_base("n:s", &base).unwrap();
+        assert_eq!(queue.as_str(), "jobs.resize");
     }
 }
