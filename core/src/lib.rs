@@ -13,6 +13,7 @@
 mod autoreg;
 mod bus;
 pub mod codec;
+pub mod connect;
 pub mod dead_letter;
 mod envelope;
 mod error;

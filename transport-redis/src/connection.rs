@@ -12,6 +12,7 @@
 //! Redis errors never leave this crate: they become [`Error::Transport`].
 
 use crate::pubsub::Topic;
+use busbar_core::connect::Failure;
 use busbar_core::{Error, Stats};
 use bytes::Bytes;
 use redis::aio::{AsyncPushSender, ConnectionLike, MultiplexedConnection, SendError};
@@ -37,31 +38,61 @@ pub(crate) fn is_connection_error(err: &RedisError) -> bool {
     err.is_unrecoverable_error() || err.is_io_error() || err.is_connection_dropped()
 }
 
-/// Exponential backoff between reconnect attempts, capped.
-pub(crate) struct Backoff {
-    next: Duration,
-    min: Duration,
-    max: Duration,
+/// How a failed first connection counts for the connect policy: what another
+/// attempt may cure (refused, reset, timed out, a server still loading its
+/// data) is retried; a refused password or certificate, or a bad setting, is not.
+pub(crate) fn connect_failure(err: RedisError) -> Failure {
+    use redis::{ErrorKind, ServerErrorKind};
+    let io = std::error::Error::source(&err).and_then(|e| e.downcast_ref::<std::io::Error>());
+    let io_fatal = io.is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::PermissionDenied
+                | std::io::ErrorKind::Unsupported
+                | std::io::ErrorKind::InvalidData
+        )
+    });
+    let retry = !io_fatal
+        && (err.is_io_error()
+            || err.is_timeout()
+            || err.is_connection_refusal()
+            || err.is_connection_dropped()
+            || matches!(
+                err.kind(),
+                ErrorKind::ClusterConnectionNotFound
+                    | ErrorKind::Server(
+                        ServerErrorKind::BusyLoading
+                            | ServerErrorKind::TryAgain
+                            | ServerErrorKind::ClusterDown
+                            | ServerErrorKind::MasterDown
+                    )
+            ));
+    if retry {
+        Failure::retry(transport_error(err))
+    } else {
+        Failure::fatal(transport_error(err))
+    }
 }
+
+/// The jittered exponential backoff of `busbar_core::connect`, between a
+/// bus's reconnect attempts, with the bounds of its [`Config`].
+pub(crate) struct Backoff(busbar_core::connect::Backoff);
 
 impl Backoff {
     pub(crate) fn new(config: &Config) -> Self {
-        Backoff {
-            next: config.reconnect_min,
-            min: config.reconnect_min,
-            max: config.reconnect_max,
-        }
+        Backoff(busbar_core::connect::Backoff::new(
+            config.reconnect_min,
+            config.reconnect_max,
+        ))
     }
 
     /// Waits before the next attempt and grows the delay.
     pub(crate) async fn wait(&mut self) {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        tokio::time::sleep(delay).await;
+        self.0.wait().await;
     }
 
     pub(crate) fn reset(&mut self) {
-        self.next = self.min;
+        self.0.reset();
     }
 }
 
@@ -221,7 +252,7 @@ impl Opener {
         match &self.target {
             Target::Single(client) => {
                 let mut config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(self.config.connect_timeout))
+                    .set_connection_timeout(Some(self.config.attempt_timeout))
                     .set_response_timeout(response_timeout);
                 if let Some(push) = push {
                     config = config.set_push_sender(PushAdapter(push));
@@ -235,7 +266,7 @@ impl Opener {
                 let mut builder = ClusterClientBuilder::new(nodes.clone())
                     .use_protocol(redis::ProtocolVersion::RESP3)
                     .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
-                    .connection_timeout(self.config.connect_timeout);
+                    .connection_timeout(self.config.attempt_timeout);
                 if let Some(timeout) = response_timeout {
                     builder = builder.response_timeout(timeout);
                 }
@@ -290,11 +321,12 @@ pub(crate) struct CommandLink {
 }
 
 impl CommandLink {
-    /// Connects once (failing if the server is unreachable) and starts the supervisor.
+    /// Connects once (failing if the server is unreachable, classified for the
+    /// connect policy) and starts the supervisor.
     pub(crate) async fn connect(
         opener: Arc<Opener>,
         stats: Arc<Stats>,
-    ) -> busbar_core::Result<(Arc<CommandLink>, tokio::task::JoinHandle<()>)> {
+    ) -> Result<(Arc<CommandLink>, tokio::task::JoinHandle<()>), Failure> {
         let (lost, lost_rx) = mpsc::unbounded_channel();
         let link = Arc::new(CommandLink {
             opener,
@@ -305,7 +337,7 @@ impl CommandLink {
             closed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
         });
-        let conn = link.open(1).await.map_err(transport_error)?;
+        let conn = link.open(1).await.map_err(connect_failure)?;
         link.install(1, conn);
         let task = tokio::spawn(supervise(Arc::downgrade(&link), lost_rx));
         Ok((link, task))

@@ -30,6 +30,7 @@
 //! | --- | --- | --- |
 //! | `namespace` | `busbar` | prefix of every key and channel |
 //! | `publish_buffer` | `65536` | publishes buffered while disconnected |
+//! | `connect_timeout` | `5000` | ms `connect` keeps trying an unreachable server (`0`: once); see [`busbar_core::connect`] |
 //! | `outage_wait_ms` | `10000` | how long an operation waits for a reconnect |
 //! | `reap_interval_ms` | `100` | how often waiting consumers look for expired items |
 //! | `get_batch` | `64` | most items one round trip takes for a bus whose gets come quickly (`1`: one per get) |
@@ -90,6 +91,7 @@ pub mod queue;
 pub mod rpc;
 
 use async_trait::async_trait;
+use busbar_core::connect::{ConnectPolicy, Failure};
 use busbar_core::inflight::InFlight;
 use busbar_core::transport::{
     Capabilities, Connector, EventBus, Guard, Handler, RawDelivery, RawSubscription,
@@ -118,8 +120,13 @@ pub struct Config {
     pub outage_wait: Duration,
     /// Timeout of one non-blocking command.
     pub response_timeout: Duration,
-    /// Timeout of one connection attempt.
+    /// How long `connect` keeps trying a server it cannot reach (URL parameter
+    /// `connect_timeout`, in ms; `0`: one attempt), with jittered backoff
+    /// between attempts: see [`busbar_core::connect`].
     pub connect_timeout: Duration,
+    /// Timeout of one connection attempt (TCP, TLS and handshake), for
+    /// reconnects and new connections of a connected bus.
+    pub attempt_timeout: Duration,
     /// First delay between reconnect attempts (it doubles up to `reconnect_max`).
     pub reconnect_min: Duration,
     /// Longest delay between reconnect attempts.
@@ -181,7 +188,8 @@ impl Config {
             publish_buffer: 65_536,
             outage_wait: Duration::from_secs(10),
             response_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: busbar_core::connect::DEFAULT_TIMEOUT,
+            attempt_timeout: Duration::from_secs(5),
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_secs(2),
             get_visibility: Duration::from_secs(30),
@@ -200,8 +208,12 @@ impl Config {
             None => (rest, ""),
         };
         let mut passed = Vec::new();
+        let mut policy = ConnectPolicy::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if policy.read_param(key, value).map_err(invalid)? {
+                continue;
+            }
             let number = || {
                 value
                     .parse::<u64>()
@@ -231,6 +243,7 @@ impl Config {
                 _ => passed.push(pair),
             }
         }
+        config.connect_timeout = policy.timeout;
         config.tls_client = match (tls_cert, tls_key) {
             (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
@@ -481,17 +494,35 @@ impl RedisBus {
         Self::connect_with(Config::from_url(url)?).await
     }
 
-    /// Connects with explicit settings.
+    /// Connects with explicit settings. A server that cannot be reached is
+    /// tried again with jittered backoff for `connect_timeout`, then the error
+    /// names it and the last cause; a refused password fails at once.
     pub async fn connect_with(config: Config) -> Result<RedisBus> {
         let config = Arc::new(config);
         let stats = Arc::new(Stats::default());
         let opener = Arc::new(Opener::new(config.clone())?);
-        let (link, link_task) = CommandLink::connect(opener.clone(), stats.clone()).await?;
+        let policy = ConnectPolicy::with_timeout(config.connect_timeout);
+        let address = redact_url(config.redis_url());
+        let (link, link_task, subscriber, subscriber_task) = policy
+            .connect(&address, |_limit| {
+                let (opener, stats) = (opener.clone(), stats.clone());
+                async move {
+                    let (link, link_task) =
+                        CommandLink::connect(opener.clone(), stats.clone()).await?;
+                    match Subscriber::connect(opener, stats).await {
+                        Ok((subscriber, task)) => Ok((link, link_task, subscriber, task)),
+                        Err(err) => {
+                            link.close();
+                            link_task.abort();
+                            Err(Failure::from(err))
+                        }
+                    }
+                }
+            })
+            .await?;
         let uid = format!("{}", MessageId::new());
         // On a cluster, each bus publishes its events through the node of its id.
         let (writer, writer_task) = Writer::start(link.clone(), &config);
-        let (subscriber, subscriber_task) =
-            Subscriber::connect(opener.clone(), stats.clone()).await?;
         let shared = Arc::new(Shared {
             inbox_name: rpc::inbox_channel(&config.namespace, &uid),
             inbox_prefix: rpc::inbox_prefix(&config.namespace),
@@ -775,6 +806,20 @@ mod tests {
         assert!(err.to_string().contains("database 0"), "{err}");
         assert!(Config::from_url("redis+cluster://").is_err());
         assert!(!Config::from_url("redis://h:1").unwrap().is_cluster());
+    }
+
+    #[test]
+    fn reads_the_connect_policy() {
+        let config = Config::from_url("redis://h:1?connect_timeout=250&foo=bar").unwrap();
+        assert_eq!(config.connect_timeout, Duration::from_millis(250));
+        assert_eq!(config.redis_url(), "redis://h:1?foo=bar");
+        let default = Config::from_url("redis://h:1").unwrap();
+        assert_eq!(
+            default.connect_timeout,
+            busbar_core::connect::DEFAULT_TIMEOUT
+        );
+        let err = Config::from_url("redis://h:1?connect_timeout=soon").unwrap_err();
+        assert!(err.to_string().contains("connect_timeout"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! the DEALER socket; answers come back through per-request waiters.
 
 use crate::config::ZmqConfig;
-use crate::connection::{self, Session};
+use crate::connection;
 use crate::protocol::{self, cmd};
 use async_trait::async_trait;
 use busbar_core::inflight::InFlight;
@@ -275,17 +275,11 @@ impl ZmqBus {
         ZmqBus::connect_with(ZmqConfig::from_url(url)?).await
     }
 
-    /// Connects with explicit settings. Fails if the broker does not answer
-    /// within [`ZmqConfig::connect_timeout`].
+    /// Connects with explicit settings. A broker that does not answer is
+    /// tried again with jittered backoff for [`ZmqConfig::connect_timeout`]
+    /// (see `busbar_core::connect`), then the error names it.
     pub async fn connect_with(config: ZmqConfig) -> Result<ZmqBus> {
-        let session = tokio::time::timeout(config.connect_timeout, Session::open(&config))
-            .await
-            .map_err(|_| {
-                Error::transport(format!(
-                    "no zmq broker answered at {} within {:?}",
-                    config.endpoint, config.connect_timeout
-                ))
-            })??;
+        let session = connection::connect(&config).await?;
         let (out, out_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             budget: Arc::new(Semaphore::new(config.publish_buffer)),

@@ -6,6 +6,7 @@
 use crate::client::{lock, Answer, CallEvent, Outbound, Shared};
 use crate::config::ZmqConfig;
 use crate::protocol::{self, cmd, Malformed, Parsed};
+use busbar_core::connect::{ConnectPolicy, Failure};
 use busbar_core::reply::respond;
 use busbar_core::{wire, Error, Result, Stats};
 use bytes::Bytes;
@@ -26,6 +27,9 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest one connection attempt (TCP, ZMTP greeting, HELLO/WELCOME) may take.
+/// The socket retries a refused TCP connection within it by itself.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One live connection to a broker, after the HELLO/WELCOME handshake.
 pub(crate) struct Session {
@@ -49,11 +53,34 @@ fn to_message(frames: Vec<Bytes>) -> ZmqMessage {
     message
 }
 
+/// The first connection of a bus, under the connect policy of
+/// `busbar_core::connect`: a broker that cannot be reached is tried again with
+/// jittered backoff until `connect_timeout`, then the error names it.
+pub(crate) async fn connect(config: &ZmqConfig) -> Result<Session> {
+    let policy = ConnectPolicy::with_timeout(config.connect_timeout);
+    let address = format!("the zmq broker at {}", config.endpoint);
+    policy
+        .connect(&address, |limit| async move {
+            // The socket retries a refused connection by itself, hiding why it
+            // fails and pacing attempts its own way: a plain TCP connect first
+            // says at once whether anything listens.
+            if let Some(addr) = config.endpoint.strip_prefix("tcp://") {
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|err| Failure::retry(transport("no answer", err)))?;
+            }
+            Session::open(config, limit.min(ATTEMPT_TIMEOUT))
+                .await
+                .map_err(Failure::from)
+        })
+        .await
+}
+
 impl Session {
-    /// Connects a new DEALER to the broker and says hello.
-    pub(crate) async fn open(config: &ZmqConfig) -> Result<Session> {
+    /// Connects a new DEALER to the broker and says hello, within `attempt`.
+    pub(crate) async fn open(config: &ZmqConfig, attempt: Duration) -> Result<Session> {
         let mut options = SocketOptions::default();
-        options.connect_timeout(config.connect_timeout);
+        options.connect_timeout(attempt);
         let mut socket = zeromq::DealerSocket::with_options(options);
         let monitor = socket.monitor();
         socket.connect(&config.endpoint).await.map_err(|err| {
@@ -289,8 +316,11 @@ async fn reconnect(
     loop {
         let pause = delay;
         let attempt = async move {
-            match tokio::time::timeout(shared.config.connect_timeout, Session::open(&shared.config))
-                .await
+            match tokio::time::timeout(
+                ATTEMPT_TIMEOUT,
+                Session::open(&shared.config, ATTEMPT_TIMEOUT),
+            )
+            .await
             {
                 Ok(Ok(session)) => Some(session),
                 Ok(Err(err)) => {

@@ -34,6 +34,9 @@
 //!   `get` hands the item over as it leaves the broker.
 //! - RPC: a call held by a provider that dies fails at once with
 //!   `Error::Transport`; one whose provider left gracefully moves to another.
+//! - Connecting: a broker that is not up yet is tried again with jittered
+//!   backoff until [`ZmqConfig::connect_timeout`] (URL `connect_timeout=<ms>`,
+//!   default 5000; `0`: once), the policy of `busbar_core::connect`.
 //! - Losing the broker: the bus reconnects with backoff (50 ms to 2 s), restores
 //!   subscriptions, providers and waiting consumers, and buffers publishes up to
 //!   [`ZmqConfig::publish_buffer`]; other requests in flight fail with
