@@ -38,63 +38,8 @@ pub(crate) fn is_connection_error(err: &RedisError) -> bool {
     err.is_unrecoverable_error() || err.is_io_error() || err.is_connection_dropped()
 }
 
-/// How a failed first connection counts for the connect policy: what another
-/// attempt may cure (refused, reset, timed out, a server still loading its
-/// data) is retried; a refused password or certificate, or a bad setting, is not.
-pub(crate) fn connect_failure(err: RedisError) -> Failure {
-    use redis::{ErrorKind, ServerErrorKind};
-    let io = std::error::Error::source(&err).and_then(|e| e.downcast_ref::<std::io::Error>());
-    let io_fatal = io.is_some_and(|io| {
-        matches!(
-            io.kind(),
-            std::io::ErrorKind::PermissionDenied
-                | std::io::ErrorKind::Unsupported
-                | std::io::ErrorKind::InvalidData
-        )
-    });
-    let retry = !io_fatal
-        && (err.is_io_error()
-            || err.is_timeout()
-            || err.is_connection_refusal()
-            || err.is_connection_dropped()
-            || matches!(
-                err.kind(),
-                ErrorKind::ClusterConnectionNotFound
-                    | ErrorKind::Server(
-                        ServerErrorKind::BusyLoading
-                            | ServerErrorKind::TryAgain
-                            | ServerErrorKind::ClusterDown
-                            | ServerErrorKind::MasterDown
-                    )
-            ));
-    if retry {
-        Failure::retry(transport_error(err))
-    } else {
-        Failure::fatal(transport_error(err))
-    }
-}
-
-/// The jittered exponential backoff of `busbar_core::connect`, between a
-/// bus's reconnect attempts, with the bounds of its [`Config`].
-pub(crate) struct Backoff(busbar_core::connect::Backoff);
-
-impl Backoff {
-    pub(crate) fn new(config: &Config) -> Self {
-        Backoff(busbar_core::connect::Backoff::new(
-            config.reconnect_min,
-            config.reconnect_max,
-        ))
-    }
-
-    /// Waits before the next attempt and grows the delay.
-    pub(crate) async fn wait(&mut self) {
-        self.0.wait().await;
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.0.reset();
-    }
-}
+use crate::outage::connect_failure;
+pub(crate) use crate::outage::Backoff;
 
 /// A connection to one server, or to a whole Redis Cluster (which routes each
 /// command to the node holding its key, follows redirections and reconnects
@@ -372,18 +317,28 @@ impl CommandLink {
 
     /// The current connection, waiting up to `wait` for a reconnect when it is down.
     pub(crate) async fn get(&self, wait: Duration) -> busbar_core::Result<Conn<'_>> {
+        self.get_after(wait, None).await
+    }
+
+    /// Like [`get`](Self::get), but never the connection of generation
+    /// `failed`: after a command failed on it, wait for its replacement.
+    pub(crate) async fn get_after(
+        &self,
+        wait: Duration,
+        failed: Option<u64>,
+    ) -> busbar_core::Result<Conn<'_>> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut up = self.up.subscribe();
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(Error::Closed);
             }
-            if let Some((generation, conn)) = self
+            let current = self
                 .current
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .clone()
-            {
+                .clone();
+            if let Some((generation, conn)) = current.filter(|(g, _)| Some(*g) != failed) {
                 return Ok(Conn {
                     link: self,
                     generation,
@@ -431,6 +386,11 @@ pub(crate) struct Conn<'a> {
 }
 
 impl Conn<'_> {
+    /// Which connection this is (see [`CommandLink::get_after`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Passes `result` through, reporting a lost connection to the supervisor.
     pub(crate) fn check<T>(&self, result: Result<T, RedisError>) -> busbar_core::Result<T> {
         result.map_err(|err| {

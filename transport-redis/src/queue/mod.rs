@@ -74,6 +74,7 @@ mod take;
 
 use crate::command::{command, Joined};
 use crate::connection::Job;
+use crate::outage::Outcome;
 use crate::Shared;
 use ack::{RedisAcker, RedisClock};
 use busbar_core::transport::RawDelivery;
@@ -136,17 +137,25 @@ fn queue_of_base(namespace: &str, base: &str) -> Result<Name> {
     Name::new(name)
 }
 
-/// `LPUSH`es the item; returns once Redis stored it.
+/// `LPUSH`es the item; returns once Redis stored it. Through an outage the
+/// push is sent again on the next connection, for up to `outage_wait`: should
+/// the lost connection have taken only the reply, the item is stored twice.
 pub(crate) async fn put(bus: &Shared, item: Envelope) -> Result<()> {
     let bytes = wire::encode(&item)?;
     let base = queue_key(&bus.config.namespace, item.subject.as_str());
     let mut push = command("LPUSH", 2, base.len() + bytes.len());
     push.arg(base).arg(&bytes[..]);
     drop(item);
-    let conn = bus.link.get(bus.config.outage_wait).await?;
-    let mut c = conn.conn.clone();
-    let result = push.exec_async(&mut c).await;
-    conn.check(result)
+    let outcome = Outcome {
+        not_done: "the item was not stored",
+        maybe_done: "the item may have been stored (a reply was lost with the connection)",
+    };
+    bus.link
+        .through_outage(bus.config.outage_wait, outcome, |mut c| {
+            let push = &push;
+            async move { push.exec_async(&mut c).await }
+        })
+        .await
 }
 
 /// Items waiting (reaping expired in-flight items first, so they count, and
@@ -282,16 +291,23 @@ fn job(base: &str, cmds: impl Into<Box<[redis::Cmd]>>) -> Job {
     }
 }
 
-/// Puts an in-flight item back at the head of its queue.
+/// Puts an in-flight item back at the head of its queue, riding out an
+/// outage like `put` (a second run finds the item gone from flight and does
+/// nothing).
 pub(crate) async fn nack(bus: &Shared, base: &str, id: &[u8; 16]) -> Result<()> {
-    let conn = bus.link.get(bus.config.outage_wait).await?;
-    let mut c = conn.conn.clone();
-    let result = NACK
-        .key(base)
-        .arg(&id[..])
-        .invoke_async::<i64>(&mut c)
-        .await;
-    conn.check(result).map(drop)
+    let outcome = Outcome {
+        not_done: "the item was not put back: it comes back after its visibility timeout",
+        maybe_done: "the item may not have been put back: if not, it comes back after its visibility timeout",
+    };
+    bus.link
+        .through_outage(bus.config.outage_wait, outcome, |mut c| async move {
+            NACK.key(base)
+                .arg(&id[..])
+                .invoke_async::<i64>(&mut c)
+                .await
+        })
+        .await
+        .map(drop)
 }
 
 #[cfg(test)]
