@@ -23,6 +23,10 @@ pub struct ZmqConfig {
     /// the broker is unreachable. Past it, `publish` waits while connected and
     /// fails while disconnected.
     pub publish_buffer: usize,
+    /// How long a queue `put` waits for a lost broker to come back before it
+    /// fails (URL parameter `outage_wait_ms`; default 10000); a put whose
+    /// connection was lost is sent again on the next one meanwhile.
+    pub outage_wait: Duration,
     /// Publish batches sent and not yet acknowledged by the broker.
     pub publish_window: usize,
     /// Largest envelope accepted from the broker, in bytes.
@@ -36,6 +40,7 @@ impl ZmqConfig {
             endpoint: endpoint.into(),
             connect_timeout: busbar_core::connect::DEFAULT_TIMEOUT,
             op_timeout: Duration::from_secs(5),
+            outage_wait: Duration::from_secs(10),
             publish_buffer: 65_536,
             publish_window: 16,
             max_envelope: busbar_core::wire::DEFAULT_MAX_ENVELOPE,
@@ -77,6 +82,7 @@ impl ZmqConfig {
                     config.connect_timeout = policy.timeout;
                 }
                 "op_timeout_ms" => config.op_timeout = Duration::from_millis(number),
+                "outage_wait_ms" => config.outage_wait = Duration::from_millis(number),
                 "publish_buffer" => config.publish_buffer = number.max(1) as usize,
                 "publish_window" => config.publish_window = number.max(1) as usize,
                 "max_envelope" => config.max_envelope = number as usize,

@@ -3,10 +3,9 @@
 //! heartbeats, and on a lost or restarted broker reconnects with backoff and
 //! replays every subscription and provider.
 
-use crate::client::{lock, Answer, CallEvent, Outbound, Shared};
+use crate::client::{lock, outage::ATTEMPT_TIMEOUT, Answer, CallEvent, Outbound, Shared};
 use crate::config::ZmqConfig;
 use crate::protocol::{self, cmd, Malformed, Parsed};
-use busbar_core::connect::{ConnectPolicy, Failure};
 use busbar_core::reply::respond;
 use busbar_core::{wire, Error, Result, Stats};
 use bytes::Bytes;
@@ -27,9 +26,6 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Longest one connection attempt (TCP, ZMTP greeting, HELLO/WELCOME) may take.
-/// The socket retries a refused TCP connection within it by itself.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One live connection to a broker, after the HELLO/WELCOME handshake.
 pub(crate) struct Session {
@@ -40,7 +36,7 @@ pub(crate) struct Session {
     liveness: u32,
 }
 
-fn transport(context: &str, err: impl std::fmt::Display) -> Error {
+pub(crate) fn transport(context: &str, err: impl std::fmt::Display) -> Error {
     Error::transport(format!("{context}: {err}"))
 }
 
@@ -51,29 +47,6 @@ fn to_message(frames: Vec<Bytes>) -> ZmqMessage {
         message.push_back(frame);
     }
     message
-}
-
-/// The first connection of a bus, under the connect policy of
-/// `busbar_core::connect`: a broker that cannot be reached is tried again with
-/// jittered backoff until `connect_timeout`, then the error names it.
-pub(crate) async fn connect(config: &ZmqConfig) -> Result<Session> {
-    let policy = ConnectPolicy::with_timeout(config.connect_timeout);
-    let address = format!("the zmq broker at {}", config.endpoint);
-    policy
-        .connect(&address, |limit| async move {
-            // The socket retries a refused connection by itself, hiding why it
-            // fails and pacing attempts its own way: a plain TCP connect first
-            // says at once whether anything listens.
-            if let Some(addr) = config.endpoint.strip_prefix("tcp://") {
-                tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map_err(|err| Failure::retry(transport("no answer", err)))?;
-            }
-            Session::open(config, limit.min(ATTEMPT_TIMEOUT))
-                .await
-                .map_err(Failure::from)
-        })
-        .await
 }
 
 impl Session {
@@ -316,12 +289,8 @@ async fn reconnect(
     loop {
         let pause = delay;
         let attempt = async move {
-            match tokio::time::timeout(
-                ATTEMPT_TIMEOUT,
-                Session::open(&shared.config, ATTEMPT_TIMEOUT),
-            )
-            .await
-            {
+            let open = Session::open(&shared.config, ATTEMPT_TIMEOUT);
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, open).await {
                 Ok(Ok(session)) => Some(session),
                 Ok(Err(err)) => {
                     tracing::debug!(%err, "reconnection attempt failed");
