@@ -17,6 +17,11 @@
 //! [`Harness`] whose doc states the rule it checks:
 //! [`pubsub`], [`queue`], [`rpc`], [`names`], [`limits`] and [`lifecycle`].
 //!
+//! The rules about outages ([`outage`]) stop the broker: each test gets a
+//! broker of its own, through [`outage_suite!`] and [`Harness::with_broker`],
+//! in a transport's `tests/conformance_outage.rs`. A transport without a
+//! broker runs them too, with no outage.
+//!
 //! Waits are bounded ([`within`], [`within_long`]) and never sleep: a test waits
 //! for the event itself. To show that something does *not* arrive, a test
 //! publishes a later sentinel and checks that nothing else came before it, which

@@ -709,7 +709,7 @@ fn close_later(bus: &Arc<Shared>, base: &str, mut lane: Lane) {
         // Shutdown waits for this (a bounded time), and the reaper keeps
         // visiting the queue meanwhile.
         let _waiting = Waiting::enter(&bus, &base);
-        let mut pause = bus.config.reconnect_min;
+        let mut backoff = crate::connection::Backoff::new(&bus.config);
         loop {
             match on_link(&bus, bus.config.outage_wait, &close).await {
                 Ok(()) => return,
@@ -719,8 +719,7 @@ fn close_later(bus: &Arc<Shared>, base: &str, mut lane: Lane) {
                 }
                 Err(err) => tracing::debug!(%err, "closing a queue lane failed; retrying"),
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(bus.config.reconnect_max);
+            backoff.wait().await;
         }
     });
 }
