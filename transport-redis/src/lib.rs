@@ -22,7 +22,9 @@
 //!   it. Publishes made meanwhile are buffered up to `publish_buffer`, then fail.
 //!   Queue puts, acks and nacks caught by the loss are sent again on the new
 //!   connection for up to `outage_wait_ms`, then fail saying whether they may
-//!   have been done; a put whose reply was lost may store its item twice.
+//!   have been done. A put sent again skips its item if it is among the
+//!   newest 1024 of the queue (its reply was all that was lost); one already
+//!   taken or buried deeper is stored twice (at least once).
 //!
 //! # URL
 //!

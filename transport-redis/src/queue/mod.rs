@@ -137,23 +137,45 @@ fn queue_of_base(namespace: &str, base: &str) -> Result<Name> {
     Name::new(name)
 }
 
+/// How far from the head of the queue a put sent again looks for its item.
+const REPUT_LOOKS: usize = 1024;
+
+/// Sent instead of `LPUSH` when a put is sent again: pushes the item unless
+/// it is among the newest [`REPUT_LOOKS`] (every envelope is unique by its id).
+const REPUT_LUA: &str = "if redis.call('LPOS', KEYS[1], ARGV[1], 'MAXLEN', ARGV[2]) then \
+     return 0 end return redis.call('LPUSH', KEYS[1], ARGV[1])";
+
 /// `LPUSH`es the item; returns once Redis stored it. Through an outage the
-/// push is sent again on the next connection, for up to `outage_wait`: should
-/// the lost connection have taken only the reply, the item is stored twice.
+/// push is sent again on the next connection, for up to `outage_wait`. Should
+/// the lost connection have taken only the reply, the second push finds the
+/// item near the head of the queue and stores nothing; only an item already
+/// taken, or buried under many newer ones meanwhile, is stored twice.
 pub(crate) async fn put(bus: &Shared, item: Envelope) -> Result<()> {
     let bytes = wire::encode(&item)?;
     let base = queue_key(&bus.config.namespace, item.subject.as_str());
     let mut push = command("LPUSH", 2, base.len() + bytes.len());
     push.arg(base).arg(&bytes[..]);
+    let mut again = redis::cmd("EVAL");
+    again
+        .arg(REPUT_LUA)
+        .arg(1)
+        .arg(base)
+        .arg(&bytes[..])
+        .arg(REPUT_LOOKS);
     drop(item);
     let outcome = Outcome {
         not_done: "the item was not stored",
         maybe_done: "the item may have been stored (a reply was lost with the connection)",
     };
+    let mut first = true;
     bus.link
         .through_outage(bus.config.outage_wait, outcome, |mut c| {
-            let push = &push;
-            async move { push.exec_async(&mut c).await }
+            let cmd = if std::mem::take(&mut first) {
+                &push
+            } else {
+                &again
+            };
+            async move { cmd.exec_async(&mut c).await }
         })
         .await
 }
