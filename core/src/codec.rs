@@ -15,6 +15,10 @@ impl ContentType {
     /// `application/json`, the default.
     pub const JSON: ContentType = ContentType(Cow::Borrowed("application/json"));
 
+    /// `application/octet-stream`: bytes of no known encoding (such as a dead
+    /// letter wrapping something that was not an envelope).
+    pub const OCTET_STREAM: ContentType = ContentType(Cow::Borrowed("application/octet-stream"));
+
     /// A content type from its media type text.
     pub fn new(media_type: impl Into<Cow<'static, str>>) -> Self {
         ContentType(media_type.into())

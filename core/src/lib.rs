@@ -13,6 +13,8 @@
 mod autoreg;
 mod bus;
 pub mod codec;
+pub mod connect;
+pub mod dead_letter;
 mod envelope;
 mod error;
 mod event;

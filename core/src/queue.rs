@@ -158,14 +158,11 @@ impl<T: FromEnvelope> Queue<T> {
         }
     }
 
-    async fn dead_letter(&self, mut envelope: Envelope, err: &Error) -> Result<()> {
+    async fn dead_letter(&self, envelope: Envelope, err: &Error) -> Result<()> {
         let transport = self.bus.transport_checked()?;
         Stats::incr(&transport.stats().decode_errors);
-        let dead = Name::new(&format!("_dead.{}", self.name))?;
-        envelope.subject = dead.clone();
-        envelope
-            .headers
-            .push(("busbar-error".into(), err.to_string()));
+        let envelope = crate::dead_letter::undecodable(envelope, &self.name, &err.to_string())?;
+        let dead = envelope.subject.clone();
         transport.queue_put(envelope).await?;
         Stats::incr(&transport.stats().dead_lettered);
         tracing::warn!(queue = %self.name, %dead, %err, "undecodable queue item moved to the dead-letter queue");

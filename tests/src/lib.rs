@@ -18,6 +18,11 @@
 //! [`pubsub`], [`queue`], [`rpc`], [`rpc_faults`], [`names`], [`limits`] and
 //! [`lifecycle`].
 //!
+//! The rules about outages ([`outage`]) stop the broker: each test gets a
+//! broker of its own, through [`outage_suite!`] and [`Harness::with_broker`],
+//! in a transport's `tests/conformance_outage.rs`. A transport without a
+//! broker runs them too, with no outage.
+//!
 //! Waits are bounded ([`within`], [`within_long`]) and never sleep: a test waits
 //! for the event itself. To show that something does *not* arrive, a test
 //! publishes a later sentinel and checks that nothing else came before it, which
@@ -35,6 +40,7 @@ use std::time::Duration;
 pub mod lifecycle;
 pub mod limits;
 pub mod names;
+pub mod outage;
 pub mod pubsub;
 pub mod queue;
 pub mod rpc;
@@ -44,6 +50,7 @@ pub mod secured;
 pub use lifecycle::*;
 pub use limits::*;
 pub use names::*;
+pub use outage::*;
 pub use pubsub::*;
 pub use queue::*;
 pub use rpc::*;
@@ -57,11 +64,27 @@ pub const LONG_WAIT: Duration = Duration::from_secs(60);
 
 type Connect = Arc<dyn Fn() -> BoxFuture<'static, Bus> + Send + Sync>;
 
-/// What a test gets: a way to open buses on one backend, and a unique name prefix.
+/// A broker a test may stop and start again at the same address: the restart
+/// hook of the rules about outages ([`outage`]).
+pub trait Broker: Send + Sync {
+    /// Stops the broker (as a crash or a restart would); buses on it lose
+    /// their connection.
+    fn stop(&self) -> BoxFuture<'_, ()>;
+    /// Starts it again at the same address, returning once it serves.
+    fn start(&self) -> BoxFuture<'_, ()>;
+    /// Whether queue items (waiting and in flight) survive [`stop`](Self::stop)
+    /// and [`start`](Self::start): true for a persistent Redis, false for the
+    /// zmq broker, whose queues live in its memory.
+    fn keeps_items(&self) -> bool;
+}
+
+/// What a test gets: a way to open buses on one backend, and a unique name
+/// prefix; for the [`outage`] rules, the backend's broker.
 #[derive(Clone)]
 pub struct Harness {
     connect: Connect,
     prefix: String,
+    broker: Option<Arc<dyn Broker>>,
 }
 
 impl Harness {
@@ -77,7 +100,21 @@ impl Harness {
         Harness {
             connect: Arc::new(move || Box::pin(connect())),
             prefix,
+            broker: None,
         }
+    }
+
+    /// The same harness, whose buses are clients of `broker`, which the
+    /// [`outage`] rules stop and start. A transport without a broker has none:
+    /// those rules then check the same behaviour without an outage.
+    pub fn with_broker(mut self, broker: impl Broker + 'static) -> Harness {
+        self.broker = Some(Arc::new(broker));
+        self
+    }
+
+    /// The broker behind the buses, if the transport has one to restart.
+    pub fn broker(&self) -> Option<&dyn Broker> {
+        self.broker.as_deref()
     }
 
     /// Opens a new bus on the backend (a separate connection, as another process would).
@@ -340,6 +377,34 @@ macro_rules! suite {
             unacked_item_of_a_shut_consumer_is_redelivered,
             unknown_scheme_is_invalid_url,
         );
+    };
+}
+
+/// Expands to one `#[tokio::test]` per rule about outages ([`outage`]),
+/// each on the [`Harness`] `$harness().await` builds: its own broker, which
+/// the test stops and starts (so no other test shares it), or none.
+#[macro_export]
+macro_rules! outage_suite {
+    ($harness:expr) => {
+        $crate::__outage_tests!($harness;
+            put_during_an_outage_is_stored_once_the_broker_is_back,
+            ack_during_an_outage_settles_or_says_it_did_not,
+            connect_during_an_outage_succeeds_once_the_broker_is_back,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __outage_tests {
+    ($harness:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let harness: $crate::Harness = ($harness)().await;
+                $crate::$test(harness).await;
+            }
+        )*
     };
 }
 

@@ -12,6 +12,7 @@
 //! Redis errors never leave this crate: they become [`Error::Transport`].
 
 use crate::pubsub::Topic;
+use busbar_core::connect::Failure;
 use busbar_core::{Error, Stats};
 use bytes::Bytes;
 use redis::aio::{AsyncPushSender, ConnectionLike, MultiplexedConnection, SendError};
@@ -37,33 +38,8 @@ pub(crate) fn is_connection_error(err: &RedisError) -> bool {
     err.is_unrecoverable_error() || err.is_io_error() || err.is_connection_dropped()
 }
 
-/// Exponential backoff between reconnect attempts, capped.
-pub(crate) struct Backoff {
-    next: Duration,
-    min: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(config: &Config) -> Self {
-        Backoff {
-            next: config.reconnect_min,
-            min: config.reconnect_min,
-            max: config.reconnect_max,
-        }
-    }
-
-    /// Waits before the next attempt and grows the delay.
-    pub(crate) async fn wait(&mut self) {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        tokio::time::sleep(delay).await;
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
+use crate::outage::connect_failure;
+pub(crate) use crate::outage::Backoff;
 
 /// A connection to one server, or to a whole Redis Cluster (which routes each
 /// command to the node holding its key, follows redirections and reconnects
@@ -221,7 +197,7 @@ impl Opener {
         match &self.target {
             Target::Single(client) => {
                 let mut config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(self.config.connect_timeout))
+                    .set_connection_timeout(Some(self.config.attempt_timeout))
                     .set_response_timeout(response_timeout);
                 if let Some(push) = push {
                     config = config.set_push_sender(PushAdapter(push));
@@ -235,7 +211,7 @@ impl Opener {
                 let mut builder = ClusterClientBuilder::new(nodes.clone())
                     .use_protocol(redis::ProtocolVersion::RESP3)
                     .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
-                    .connection_timeout(self.config.connect_timeout);
+                    .connection_timeout(self.config.attempt_timeout);
                 if let Some(timeout) = response_timeout {
                     builder = builder.response_timeout(timeout);
                 }
@@ -290,11 +266,12 @@ pub(crate) struct CommandLink {
 }
 
 impl CommandLink {
-    /// Connects once (failing if the server is unreachable) and starts the supervisor.
+    /// Connects once (failing if the server is unreachable, classified for the
+    /// connect policy) and starts the supervisor.
     pub(crate) async fn connect(
         opener: Arc<Opener>,
         stats: Arc<Stats>,
-    ) -> busbar_core::Result<(Arc<CommandLink>, tokio::task::JoinHandle<()>)> {
+    ) -> Result<(Arc<CommandLink>, tokio::task::JoinHandle<()>), Failure> {
         let (lost, lost_rx) = mpsc::unbounded_channel();
         let link = Arc::new(CommandLink {
             opener,
@@ -305,7 +282,7 @@ impl CommandLink {
             closed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
         });
-        let conn = link.open(1).await.map_err(transport_error)?;
+        let conn = link.open(1).await.map_err(connect_failure)?;
         link.install(1, conn);
         let task = tokio::spawn(supervise(Arc::downgrade(&link), lost_rx));
         Ok((link, task))
@@ -340,18 +317,28 @@ impl CommandLink {
 
     /// The current connection, waiting up to `wait` for a reconnect when it is down.
     pub(crate) async fn get(&self, wait: Duration) -> busbar_core::Result<Conn<'_>> {
+        self.get_after(wait, None).await
+    }
+
+    /// Like [`get`](Self::get), but never the connection of generation
+    /// `failed`: after a command failed on it, wait for its replacement.
+    pub(crate) async fn get_after(
+        &self,
+        wait: Duration,
+        failed: Option<u64>,
+    ) -> busbar_core::Result<Conn<'_>> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut up = self.up.subscribe();
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(Error::Closed);
             }
-            if let Some((generation, conn)) = self
+            let current = self
                 .current
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .clone()
-            {
+                .clone();
+            if let Some((generation, conn)) = current.filter(|(g, _)| Some(*g) != failed) {
                 return Ok(Conn {
                     link: self,
                     generation,
@@ -399,6 +386,11 @@ pub(crate) struct Conn<'a> {
 }
 
 impl Conn<'_> {
+    /// Which connection this is (see [`CommandLink::get_after`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Passes `result` through, reporting a lost connection to the supervisor.
     pub(crate) fn check<T>(&self, result: Result<T, RedisError>) -> busbar_core::Result<T> {
         result.map_err(|err| {

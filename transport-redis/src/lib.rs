@@ -20,6 +20,11 @@
 //! - A lost connection is restored with backoff, and every subscription, queue
 //!   consumer and RPC provider with it; `stats().disconnects`/`reconnects` count
 //!   it. Publishes made meanwhile are buffered up to `publish_buffer`, then fail.
+//!   Queue puts, acks and nacks caught by the loss are sent again on the new
+//!   connection for up to `outage_wait_ms`, then fail saying whether they may
+//!   have been done. A put sent again skips its item if it is among the
+//!   newest 1024 of the queue (its reply was all that was lost); one already
+//!   taken or buried deeper is stored twice (at least once).
 //!
 //! # URL
 //!
@@ -30,6 +35,7 @@
 //! | --- | --- | --- |
 //! | `namespace` | `busbar` | prefix of every key and channel |
 //! | `publish_buffer` | `65536` | publishes buffered while disconnected |
+//! | `connect_timeout` | `5000` | ms `connect` keeps trying an unreachable server (`0`: once); see [`busbar_core::connect`] |
 //! | `outage_wait_ms` | `10000` | how long an operation waits for a reconnect |
 //! | `reap_interval_ms` | `100` | how often waiting consumers look for expired items |
 //! | `get_batch` | `64` | most items one round trip takes for a bus whose gets come quickly (`1`: one per get) |
@@ -86,11 +92,14 @@
 mod command;
 mod connection;
 mod kill;
+mod outage;
 pub mod pubsub;
 pub mod queue;
 pub mod rpc;
+mod url;
 
 use async_trait::async_trait;
+use busbar_core::connect::{ConnectPolicy, Failure};
 use busbar_core::inflight::InFlight;
 use busbar_core::transport::{
     Capabilities, Connector, EventBus, Guard, Handler, RawDelivery, RawSubscription,
@@ -103,6 +112,7 @@ use pubsub::Subscriber;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use url::{cluster_nodes, connection_info, decode_path};
 
 /// Settings of a Redis bus. Built from a URL with [`Config::from_url`]; every
 /// field can then be changed before [`RedisBus::connect_with`].
@@ -119,8 +129,13 @@ pub struct Config {
     pub outage_wait: Duration,
     /// Timeout of one non-blocking command.
     pub response_timeout: Duration,
-    /// Timeout of one connection attempt.
+    /// How long `connect` keeps trying a server it cannot reach (URL parameter
+    /// `connect_timeout`, in ms; `0`: one attempt), with jittered backoff
+    /// between attempts: see [`busbar_core::connect`].
     pub connect_timeout: Duration,
+    /// Timeout of one connection attempt (TCP, TLS and handshake), for
+    /// reconnects and new connections of a connected bus.
+    pub attempt_timeout: Duration,
     /// First delay between reconnect attempts (it doubles up to `reconnect_max`).
     pub reconnect_min: Duration,
     /// Longest delay between reconnect attempts.
@@ -182,7 +197,8 @@ impl Config {
             publish_buffer: 65_536,
             outage_wait: Duration::from_secs(10),
             response_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: busbar_core::connect::DEFAULT_TIMEOUT,
+            attempt_timeout: Duration::from_secs(5),
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_secs(2),
             get_visibility: Duration::from_secs(30),
@@ -201,8 +217,12 @@ impl Config {
             None => (rest, ""),
         };
         let mut passed = Vec::new();
+        let mut policy = ConnectPolicy::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if policy.read_param(key, value).map_err(invalid)? {
+                continue;
+            }
             let number = || {
                 value
                     .parse::<u64>()
@@ -232,6 +252,7 @@ impl Config {
                 _ => passed.push(pair),
             }
         }
+        config.connect_timeout = policy.timeout;
         config.tls_client = match (tls_cert, tls_key) {
             (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
@@ -327,74 +348,6 @@ impl Config {
     }
 }
 
-/// The node URLs of `[user:password@]host:port,host:port[/db]`: each seed
-/// node gets the credentials (a cluster has one user table per node, kept alike).
-fn cluster_nodes(scheme: &str, base: &str) -> std::result::Result<Vec<String>, String> {
-    let (authority, path) = match base.split_once('/') {
-        Some((authority, path)) => (authority, path),
-        None => (base, ""),
-    };
-    if !matches!(path, "" | "0") {
-        return Err("Redis Cluster has only database 0".into());
-    }
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => (format!("{userinfo}@"), hosts),
-        None => (String::new(), authority),
-    };
-    let nodes: Vec<String> = hosts
-        .split(',')
-        .filter(|host| !host.is_empty())
-        .map(|host| format!("{scheme}://{userinfo}{host}"))
-        .collect();
-    if nodes.is_empty() {
-        return Err("expected redis+cluster://host:port[,host:port...]".into());
-    }
-    Ok(nodes)
-}
-
-/// The client's view of one server URL: RESP3 and `TCP_NODELAY`, always.
-fn connection_info(url: &str) -> Result<redis::ConnectionInfo> {
-    use redis::IntoConnectionInfo;
-    let info = url
-        .into_connection_info()
-        .map_err(|err| Error::InvalidUrl {
-            url: redact_url(url),
-            reason: err.to_string(),
-        })?;
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(redis::ProtocolVersion::RESP3);
-    Ok(info
-        .set_redis_settings(settings)
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
-}
-
-/// A path from a URL parameter (`%2F` and friends decoded).
-fn decode_path(value: &str) -> std::path::PathBuf {
-    let mut out = Vec::with_capacity(value.len());
-    let bytes = value.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    std::path::PathBuf::from(String::from_utf8_lossy(&out).into_owned())
-}
-
 /// What every part of the bus shares.
 pub(crate) struct Shared {
     config: Arc<Config>,
@@ -482,17 +435,35 @@ impl RedisBus {
         Self::connect_with(Config::from_url(url)?).await
     }
 
-    /// Connects with explicit settings.
+    /// Connects with explicit settings. A server that cannot be reached is
+    /// tried again with jittered backoff for `connect_timeout`, then the error
+    /// names it and the last cause; a refused password fails at once.
     pub async fn connect_with(config: Config) -> Result<RedisBus> {
         let config = Arc::new(config);
         let stats = Arc::new(Stats::default());
         let opener = Arc::new(Opener::new(config.clone())?);
-        let (link, link_task) = CommandLink::connect(opener.clone(), stats.clone()).await?;
+        let policy = ConnectPolicy::with_timeout(config.connect_timeout);
+        let address = redact_url(config.redis_url());
+        let (link, link_task, subscriber, subscriber_task) = policy
+            .connect(&address, |_limit| {
+                let (opener, stats) = (opener.clone(), stats.clone());
+                async move {
+                    let (link, link_task) =
+                        CommandLink::connect(opener.clone(), stats.clone()).await?;
+                    match Subscriber::connect(opener, stats).await {
+                        Ok((subscriber, task)) => Ok((link, link_task, subscriber, task)),
+                        Err(err) => {
+                            link.close();
+                            link_task.abort();
+                            Err(Failure::from(err))
+                        }
+                    }
+                }
+            })
+            .await?;
         let uid = format!("{}", MessageId::new());
         // On a cluster, each bus publishes its events through the node of its id.
         let (writer, writer_task) = Writer::start(link.clone(), &config);
-        let (subscriber, subscriber_task) =
-            Subscriber::connect(opener.clone(), stats.clone()).await?;
         let shared = Arc::new(Shared {
             inbox_name: rpc::inbox_channel(&config.namespace, &uid),
             inbox_prefix: rpc::inbox_prefix(&config.namespace),
@@ -743,47 +714,3 @@ impl Connector for RedisConnector {
 }
 
 busbar_core::register_connector!(RedisConnector);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_busbar_parameters_and_passes_the_rest() {
-        let config =
-            Config::from_url("redis://u:p@h:1/2?namespace=app&publish_buffer=5&foo=bar").unwrap();
-        assert_eq!(config.namespace, "app");
-        assert_eq!(config.publish_buffer, 5);
-        assert_eq!(config.redis_url(), "redis://u:p@h:1/2?foo=bar");
-    }
-
-    #[test]
-    fn reads_cluster_seed_nodes_with_their_credentials() {
-        let config =
-            Config::from_url("redis+cluster://u:p@h1:1,h2:2?namespace=app&foo=bar").unwrap();
-        assert!(config.is_cluster() && !config.is_tls());
-        assert_eq!(config.namespace, "app");
-        assert_eq!(
-            config.cluster_nodes.as_deref().unwrap(),
-            ["redis://u:p@h1:1?foo=bar", "redis://u:p@h2:2?foo=bar"]
-        );
-        let tls = Config::from_url("rediss+cluster://h1:1/0").unwrap();
-        assert!(tls.is_cluster() && tls.is_tls());
-        let err = Config::from_url("redis+cluster://h1:1/3").unwrap_err();
-        assert!(err.to_string().contains("database 0"), "{err}");
-        assert!(Config::from_url("redis+cluster://").is_err());
-        assert!(!Config::from_url("redis://h:1").unwrap().is_cluster());
-    }
-
-    #[test]
-    fn refuses_other_schemes_and_bad_numbers() {
-        assert!(matches!(
-            Config::from_url("zmq://h:1"),
-            Err(Error::InvalidUrl { .. })
-        ));
-        let err = Config::from_url("redis://h:1?publish_buffer=x").unwrap_err();
-        assert!(err.to_string().contains("publish_buffer"), "{err}");
-        let err = Config::from_url("redis://:secret@h:1?namespace=").unwrap_err();
-        assert!(!err.to_string().contains("secret"), "{err}");
-    }
-}

@@ -49,10 +49,20 @@ async fn a_user_from_the_url_can_do_everything_it_is_allowed() {
 async fn a_wrong_password_is_a_clear_error_without_the_password() {
     let server = RedisServer::start();
     with_user(&server, &["~*", "&*", "+@all"]);
-    let url = format!("redis://app:wrong-pw@127.0.0.1:{}", server.port());
+    // A long connect timeout: a refused password is not retried, so it fails at once.
+    let url = format!(
+        "redis://app:wrong-pw@127.0.0.1:{}?connect_timeout=60000",
+        server.port()
+    );
+    let started = std::time::Instant::now();
     let err = Bus::connect(&url)
         .await
         .expect_err("a wrong password must not connect");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "a refused password is not retried: {:?}",
+        started.elapsed()
+    );
     assert!(matches!(err, Error::Transport(_)), "{err:?}");
     let text = format!("{err} {err:?}");
     assert!(!text.contains("wrong-pw"), "the password leaked: {text}");

@@ -67,10 +67,11 @@ async fn lapsed_lanes_come_back() {
 }
 
 /// Garbage pushed into a queue's list by someone else: `receive` and `get`
-/// count it, skip it and hand out the next item, and nothing of it stays in
-/// flight to come back.
+/// count it, move it to `_dead.<queue>` (wrapped in an envelope of content
+/// type `application/octet-stream` saying why), hand out the next item, and
+/// nothing of it stays in flight to come back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_in_a_queue_is_skipped_counted_and_removed() {
+async fn garbage_in_a_queue_is_skipped_counted_and_dead_lettered() {
     let server = RedisServer::start();
     let bus = bus(&server.url()).await;
     let q = bus.queue::<u32>("garbage.q").unwrap();
@@ -98,6 +99,7 @@ async fn garbage_in_a_queue_is_skipped_counted_and_removed() {
         2,
         "each piece of garbage counted once"
     );
+    assert_eq!(bus.stats().dead_lettered, 2, "and each moved to _dead");
 
     let fly = format!("{list}:fly");
     let deadline = tokio::time::Instant::now() + support::RECOVERY;
@@ -114,4 +116,24 @@ async fn garbage_in_a_queue_is_skipped_counted_and_removed() {
         tick.tick().await;
     }
     assert_eq!(q.len().await.unwrap(), 0, "nothing comes back");
+
+    // Both pieces are in the dead-letter queue, in order, saying why.
+    let dead = bus
+        .queue::<busbar_core::Message>("_dead.garbage.q")
+        .unwrap();
+    assert_eq!(dead.len().await.unwrap(), 2);
+    for garbage in ["not-an-envelope", "more-garbage"] {
+        let letter = dead
+            .get(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("a dead letter");
+        assert_eq!(letter.payload(), garbage.as_bytes());
+        assert_eq!(
+            letter.envelope().content_type.as_str(),
+            "application/octet-stream"
+        );
+        let why = letter.header("busbar-error").expect("a reason");
+        assert!(why.contains("not a valid envelope"), "{why}");
+    }
 }

@@ -5,7 +5,7 @@
 use crate::acker::ZmqAcker;
 use crate::calls;
 use crate::config::ZmqConfig;
-use crate::connection::{self, Session};
+use crate::connection;
 use crate::protocol::{self, cmd};
 use async_trait::async_trait;
 use busbar_core::inflight::InFlight;
@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+pub(crate) mod outage;
 
 /// How long `shutdown` waits for running handlers.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -290,17 +292,11 @@ impl ZmqBus {
         ZmqBus::connect_with(ZmqConfig::from_url(url)?).await
     }
 
-    /// Connects with explicit settings. Fails if the broker does not answer
-    /// within [`ZmqConfig::connect_timeout`].
+    /// Connects with explicit settings. A broker that does not answer is
+    /// tried again with jittered backoff for [`ZmqConfig::connect_timeout`]
+    /// (see `busbar_core::connect`), then the error names it.
     pub async fn connect_with(config: ZmqConfig) -> Result<ZmqBus> {
-        let session = tokio::time::timeout(config.connect_timeout, Session::open(&config))
-            .await
-            .map_err(|_| {
-                Error::transport(format!(
-                    "no zmq broker answered at {} within {:?}",
-                    config.endpoint, config.connect_timeout
-                ))
-            })??;
+        let session = outage::connect(&config).await?;
         let (out, out_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             budget: Arc::new(Semaphore::new(config.publish_buffer)),
@@ -337,9 +333,12 @@ impl ZmqBus {
     ) -> Result<Option<(u64, u32, Envelope)>> {
         let shared = &*self.shared;
         shared.check_open()?;
-        if !shared.is_connected() {
+        // While reconnecting, a consumer waits for the broker, within its timeout.
+        let started = tokio::time::Instant::now();
+        if !outage::until_connected(shared, started + timeout).await? {
             return Err(shared.not_connected());
         }
+        let timeout = timeout.saturating_sub(started.elapsed());
         let req = shared.id();
         let refetch = Refetch {
             queue: queue.clone(),
@@ -507,17 +506,7 @@ impl EventBus for ZmqBus {
     }
 
     async fn queue_put(&self, item: Envelope) -> Result<()> {
-        let shared = &*self.shared;
-        let bytes = wire::encode(&item)?;
-        let req = shared.id();
-        let frames = protocol::message(cmd::PUT, [protocol::u64_frame(req), bytes]);
-        match shared
-            .request(req, frames, shared.config.op_timeout)
-            .await?
-        {
-            Answer::Ok => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        outage::put(&self.shared, wire::encode(&item)?).await
     }
 
     async fn queue_get(&self, queue: &Name, timeout: Duration) -> Result<Option<Envelope>> {

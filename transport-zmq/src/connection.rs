@@ -3,7 +3,7 @@
 //! heartbeats, and on a lost or restarted broker reconnects with backoff and
 //! replays every subscription and provider.
 
-use crate::client::{lock, Answer, CallEvent, Outbound, Shared};
+use crate::client::{lock, outage::ATTEMPT_TIMEOUT, Answer, CallEvent, Outbound, Shared};
 use crate::config::ZmqConfig;
 use crate::inbound;
 use crate::protocol::{self, cmd, Malformed, Parsed};
@@ -37,7 +37,7 @@ pub(crate) struct Session {
     liveness: u32,
 }
 
-fn transport(context: &str, err: impl std::fmt::Display) -> Error {
+pub(crate) fn transport(context: &str, err: impl std::fmt::Display) -> Error {
     Error::transport(format!("{context}: {err}"))
 }
 
@@ -51,10 +51,10 @@ fn to_message(frames: Vec<Bytes>) -> ZmqMessage {
 }
 
 impl Session {
-    /// Connects a new DEALER to the broker and says hello.
-    pub(crate) async fn open(config: &ZmqConfig) -> Result<Session> {
+    /// Connects a new DEALER to the broker and says hello, within `attempt`.
+    pub(crate) async fn open(config: &ZmqConfig, attempt: Duration) -> Result<Session> {
         let mut options = SocketOptions::default();
-        options.connect_timeout(config.connect_timeout);
+        options.connect_timeout(attempt);
         let mut socket = zeromq::DealerSocket::with_options(options);
         let monitor = socket.monitor();
         socket.connect(&config.endpoint).await.map_err(|err| {
@@ -290,9 +290,8 @@ async fn reconnect(
     loop {
         let pause = delay;
         let attempt = async move {
-            match tokio::time::timeout(shared.config.connect_timeout, Session::open(&shared.config))
-                .await
-            {
+            let open = Session::open(&shared.config, ATTEMPT_TIMEOUT);
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, open).await {
                 Ok(Ok(session)) => Some(session),
                 Ok(Err(err)) => {
                     tracing::debug!(%err, "reconnection attempt failed");

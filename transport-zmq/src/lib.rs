@@ -34,10 +34,16 @@
 //!   `get` hands the item over as it leaves the broker.
 //! - RPC: a call held by a provider that dies fails at once with
 //!   `Error::Transport`; one whose provider left gracefully moves to another.
+//! - Connecting: a broker that is not up yet is tried again with jittered
+//!   backoff until [`ZmqConfig::connect_timeout`] (URL `connect_timeout=<ms>`,
+//!   default 5000; `0`: once), the policy of `busbar_core::connect`.
 //! - Losing the broker: the bus reconnects with backoff (50 ms to 2 s), restores
 //!   subscriptions, providers and waiting consumers, and buffers publishes up to
-//!   [`ZmqConfig::publish_buffer`]; other requests in flight fail with
-//!   `Error::Transport`.
+//!   [`ZmqConfig::publish_buffer`]. A queue `put` waits for the broker (sent
+//!   again if its connection went before the answer: at least once) up to
+//!   [`ZmqConfig::outage_wait`], a new `get`/`receive` within its timeout;
+//!   other requests in flight fail with `Error::Transport`, acks included
+//!   (the broker that lost the connection, or stopped, took the item back).
 //! - No authentication or encryption at the ZeroMQ level (NULL mechanism): sign
 //!   or seal envelopes for that.
 #![deny(missing_docs)]

@@ -2,6 +2,7 @@
 //! Redis clock the takes compute deadlines from.
 
 use super::{job, nack};
+use crate::outage::Outcome;
 use crate::Shared;
 use async_trait::async_trait;
 use busbar_core::transport::Acker;
@@ -99,17 +100,28 @@ impl RedisAcker {
 
 #[async_trait]
 impl Acker for RedisAcker {
+    /// Removes the item from flight, riding out an outage for up to
+    /// `outage_wait` (removing it twice is harmless). An ack that reaches
+    /// Redis after the item's visibility timeout finds it back in the queue:
+    /// it is delivered again (at least once).
     async fn ack(&self) -> Result<()> {
         self.settle_once()?;
-        let conn = self.bus.link.get(self.bus.config.outage_wait).await?;
-        let mut c = conn.conn.clone();
         let mut pipe = redis::pipe();
         pipe.atomic();
         for cmd in settle_commands(&self.base, &[self.id]) {
             pipe.add_command(cmd).ignore();
         }
-        let result = pipe.exec_async(&mut c).await;
-        conn.check(result)
+        let outcome = Outcome {
+            not_done: "the item was not acknowledged: it comes back after its visibility timeout",
+            maybe_done: "the acknowledgement may not have reached redis: if not, the item comes back after its visibility timeout",
+        };
+        let pipe = &pipe;
+        self.bus
+            .link
+            .through_outage(self.bus.config.outage_wait, outcome, |mut c| async move {
+                pipe.exec_async(&mut c).await
+            })
+            .await
     }
 
     async fn nack(&self) -> Result<()> {

@@ -42,9 +42,8 @@
 use super::element::Element;
 use super::pop::read_pop;
 use super::scripts::{CLOSE_LANE_LUA, REGISTER_LANE_LUA};
-use super::{finish_in_task, Waiting};
+use super::{decode_or_bury, finish_in_task, Waiting};
 use crate::connection::{transport_error, Blocking};
-use crate::pubsub::decode;
 use crate::Shared;
 use busbar_core::{Envelope, Error, Name, Result};
 use bytes::Bytes;
@@ -389,7 +388,7 @@ async fn get_from(bus: &Arc<Shared>, base: &str, timeout: Duration) -> Result<Op
         let want = match want {
             Some(want) => want,
             None => match bus.queues.lanes.start(base, bus.config.get_batch) {
-                Next::Ready(element) => match decode_element(bus, element) {
+                Next::Ready(element) => match decode_element(bus, base, element).await {
                     Some(envelope) => return Ok(Some(envelope)),
                     None => continue,
                 },
@@ -407,9 +406,9 @@ async fn get_from(bus: &Arc<Shared>, base: &str, timeout: Duration) -> Result<Op
             Err(err) => Err(err),
         };
         match outcome {
-            Ok(Some(element)) => match decode_element(bus, element) {
+            Ok(Some(element)) => match decode_element(bus, base, element).await {
                 Some(envelope) => return Ok(Some(envelope)),
-                // Malformed (counted and logged): settled like any other, so dropped.
+                // Not an envelope: moved to its dead-letter queue, and settled.
                 None => continue,
             },
             Ok(None) if wait < remaining => continue,
@@ -435,10 +434,18 @@ type Reply = (Lane, Blocking, redis::RedisResult<Vec<Value>>);
 type Pending = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
 /// The envelope in a queue element (one that came back carries its count in
-/// front: see [`Element`]); `None` (counted and logged) when malformed.
-fn decode_element(bus: &Shared, element: Bytes) -> Option<Envelope> {
+/// front: see [`Element`]); `None` when it is not a valid envelope, which is
+/// moved to `_dead.<queue>` (see [`decode_or_bury`]). The element is settled
+/// on its lane already: should the move fail too, it is dropped, said at error.
+async fn decode_element(bus: &Shared, base: &str, element: Bytes) -> Option<Envelope> {
     let element = Element::parse(element);
-    decode(&element.envelope, bus.config.max_envelope, &bus.stats)
+    match decode_or_bury(bus, base, element.envelope).await {
+        Ok(envelope) => envelope,
+        Err(err) => {
+            tracing::error!(target: "busbar_redis::queue", %err, "a queue item that is not a valid envelope was dropped: it could not be moved to its dead-letter queue");
+            None
+        }
+    }
 }
 
 /// The most items one lane pipeline takes.
@@ -702,7 +709,7 @@ fn close_later(bus: &Arc<Shared>, base: &str, mut lane: Lane) {
         // Shutdown waits for this (a bounded time), and the reaper keeps
         // visiting the queue meanwhile.
         let _waiting = Waiting::enter(&bus, &base);
-        let mut pause = bus.config.reconnect_min;
+        let mut backoff = crate::connection::Backoff::new(&bus.config);
         loop {
             match on_link(&bus, bus.config.outage_wait, &close).await {
                 Ok(()) => return,
@@ -712,8 +719,7 @@ fn close_later(bus: &Arc<Shared>, base: &str, mut lane: Lane) {
                 }
                 Err(err) => tracing::debug!(%err, "closing a queue lane failed; retrying"),
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(bus.config.reconnect_max);
+            backoff.wait().await;
         }
     });
 }

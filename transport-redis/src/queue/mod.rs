@@ -55,9 +55,16 @@
 //! head of the queue). Unsettled items come back after their visibility
 //! timeout: every bus with a consumer taking runs the reaper every
 //! `reap_interval`, and `len` runs it too. Delivery is at least once: an item
-//! whose consumer died or was too slow may be processed twice. A malformed
-//! item that `receive` meets is removed from the in-flight table by id,
-//! through the ordered writer (counted and logged as malformed).
+//! whose consumer died or was too slow may be processed twice.
+//!
+//! An element that is not a valid envelope (pushed by another program) is
+//! moved to `_dead.<queue>` as the core's `dead_letter::malformed` wraps it,
+//! counted in `rejected` and `dead_lettered`, and logged at warn under this
+//! module; then `receive`
+//! removes it from the in-flight table by id through the ordered writer, and
+//! `get` settles it on its lane like any other. Should Redis stay unreachable
+//! past the outage bound, `receive` leaves it in flight to come back, and `get`
+//! (whose lane has settled it already) drops it, logged at error.
 
 mod ack;
 mod element;
@@ -68,10 +75,12 @@ mod take;
 
 use crate::command::{command, Joined};
 use crate::connection::Job;
+use crate::outage::Outcome;
 use crate::Shared;
 use ack::{RedisAcker, RedisClock};
 use busbar_core::transport::RawDelivery;
-use busbar_core::{wire, Envelope, Name, Result};
+use busbar_core::{dead_letter, wire, Envelope, Name, Result, Stats};
+use bytes::Bytes;
 use scripts::{NACK, REAP};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -88,17 +97,90 @@ pub(crate) fn base_key(namespace: &str, queue: &str) -> String {
     queue_key(namespace, queue).string()
 }
 
-/// `LPUSH`es the item; returns once Redis stored it.
+/// The envelope in `bytes`, an element of the queue at `base` (its return
+/// count removed). Anything that is not a valid envelope is moved to
+/// `_dead.<queue>`, wrapped as the core's [`dead_letter::malformed`] says,
+/// counted in `rejected` (and, once moved, `dead_lettered`) and logged;
+/// `Ok(None)` then. An `Err` means it could
+/// not be moved (Redis unreachable past the outage bound): the caller leaves
+/// it where it is if it can.
+pub(crate) async fn decode_or_bury(
+    bus: &Shared,
+    base: &str,
+    bytes: Bytes,
+) -> Result<Option<Envelope>> {
+    let err = match wire::decode(&bytes, bus.config.max_envelope) {
+        Ok(envelope) => return Ok(Some(envelope)),
+        Err(err) => err,
+    };
+    Stats::incr(&bus.stats.rejected);
+    let queue = queue_of_base(&bus.config.namespace, base)?;
+    let reason = format!("not a valid envelope: {err}");
+    let dead = dead_letter::malformed(bytes, &queue, &reason, bus.config.max_envelope)?;
+    let moved = put(bus, dead).await;
+    match &moved {
+        Ok(()) => {
+            Stats::incr(&bus.stats.dead_lettered);
+            tracing::warn!(%queue, %err, "a queue item that is not a valid envelope was moved to _dead.{queue}")
+        }
+        Err(put_err) => {
+            tracing::warn!(%queue, %err, %put_err, "a queue item that is not a valid envelope could not be moved to _dead.{queue}")
+        }
+    }
+    moved.map(|()| None)
+}
+
+/// The queue whose base key is `base` (`<namespace>:q:{<queue>}`).
+fn queue_of_base(namespace: &str, base: &str) -> Result<Name> {
+    let name = base
+        .strip_prefix(namespace)
+        .and_then(|rest| rest.strip_prefix(":q:{"))
+        .and_then(|rest| rest.strip_suffix('}'))
+        .unwrap_or(base);
+    Name::new(name)
+}
+
+/// How far from the head of the queue a put sent again looks for its item.
+const REPUT_LOOKS: usize = 1024;
+
+/// Sent instead of `LPUSH` when a put is sent again: pushes the item unless
+/// it is among the newest [`REPUT_LOOKS`] (every envelope is unique by its id).
+const REPUT_LUA: &str = "if redis.call('LPOS', KEYS[1], ARGV[1], 'MAXLEN', ARGV[2]) then \
+     return 0 end return redis.call('LPUSH', KEYS[1], ARGV[1])";
+
+/// `LPUSH`es the item; returns once Redis stored it. Through an outage the
+/// push is sent again on the next connection, for up to `outage_wait`. Should
+/// the lost connection have taken only the reply, the second push finds the
+/// item near the head of the queue and stores nothing; only an item already
+/// taken, or buried under many newer ones meanwhile, is stored twice.
 pub(crate) async fn put(bus: &Shared, item: Envelope) -> Result<()> {
     let bytes = wire::encode(&item)?;
     let base = queue_key(&bus.config.namespace, item.subject.as_str());
     let mut push = command("LPUSH", 2, base.len() + bytes.len());
     push.arg(base).arg(&bytes[..]);
+    let mut again = redis::cmd("EVAL");
+    again
+        .arg(REPUT_LUA)
+        .arg(1)
+        .arg(base)
+        .arg(&bytes[..])
+        .arg(REPUT_LOOKS);
     drop(item);
-    let conn = bus.link.get(bus.config.outage_wait).await?;
-    let mut c = conn.conn.clone();
-    let result = push.exec_async(&mut c).await;
-    conn.check(result)
+    let outcome = Outcome {
+        not_done: "the item was not stored",
+        maybe_done: "the item may have been stored (a reply was lost with the connection)",
+    };
+    let mut first = true;
+    bus.link
+        .through_outage(bus.config.outage_wait, outcome, |mut c| {
+            let cmd = if std::mem::take(&mut first) {
+                &push
+            } else {
+                &again
+            };
+            async move { cmd.exec_async(&mut c).await }
+        })
+        .await
 }
 
 /// Items waiting (reaping expired in-flight items first, so they count, and
@@ -234,16 +316,23 @@ fn job(base: &str, cmds: impl Into<Box<[redis::Cmd]>>) -> Job {
     }
 }
 
-/// Puts an in-flight item back at the head of its queue.
+/// Puts an in-flight item back at the head of its queue, riding out an
+/// outage like `put` (a second run finds the item gone from flight and does
+/// nothing).
 pub(crate) async fn nack(bus: &Shared, base: &str, id: &[u8; 16]) -> Result<()> {
-    let conn = bus.link.get(bus.config.outage_wait).await?;
-    let mut c = conn.conn.clone();
-    let result = NACK
-        .key(base)
-        .arg(&id[..])
-        .invoke_async::<i64>(&mut c)
-        .await;
-    conn.check(result).map(drop)
+    let outcome = Outcome {
+        not_done: "the item was not put back: it comes back after its visibility timeout",
+        maybe_done: "the item may not have been put back: if not, it comes back after its visibility timeout",
+    };
+    bus.link
+        .through_outage(bus.config.outage_wait, outcome, |mut c| async move {
+            NACK.key(base)
+                .arg(&id[..])
+                .invoke_async::<i64>(&mut c)
+                .await
+        })
+        .await
+        .map(drop)
 }
 
 #[cfg(test)]
@@ -251,5 +340,12 @@ mod tests {
     #[test]
     fn a_queue_key_keeps_its_keys_in_one_slot() {
         assert_eq!(super::base_key("ns", "jobs.resize"), "ns:q:{jobs.resize}");
+    }
+
+    #[test]
+    fn a_base_key_names_its_queue() {
+        let base = super::base_key("n:s", "jobs.resize");
+        let queue = super::queue_of_base("n:s", &base).unwrap();
+        assert_eq!(queue.as_str(), "jobs.resize");
     }
 }

@@ -5,10 +5,9 @@ use super::ack::drop_in_flight;
 use super::element::Element;
 use super::pop::read_pop;
 use super::scripts::{ADOPT, NACK_LUA, TAKE};
-use super::{base_key, finish_in_task, job, Taken, Waiting};
+use super::{base_key, decode_or_bury, finish_in_task, job, Taken, Waiting};
 use crate::command::{run_script, script_command};
 use crate::connection::transport_error;
-use crate::pubsub::decode;
 use crate::Shared;
 use busbar_core::{Error, Name, Result};
 use redis::Value;
@@ -126,7 +125,7 @@ async fn take_now(
     pending.reply = None;
     Ok(match conn.check(result)? {
         Value::Nil | Value::Boolean(false) => Took::Empty,
-        value => match parse_taken(bus, base, value) {
+        value => match parse_taken(bus, base, value).await {
             Some(taken) => Took::Item(taken),
             None => Took::Missed,
         },
@@ -300,7 +299,7 @@ async fn wait(
         bus.pool.give_back(blocking);
     }
     let took = match popped {
-        Popped::Item(value) => match parse_taken(bus, base, value) {
+        Popped::Item(value) => match parse_taken(bus, base, value).await {
             Some(taken) => Took::Item(taken),
             None => Took::Missed,
         },
@@ -373,25 +372,28 @@ async fn put_back_id(bus: &Shared, base: &str, id: &[u8; 16]) {
     }
 }
 
-/// Turns a take's reply into an item. A malformed item is counted, logged and
-/// removed (it could never be processed); `None` then, and the caller takes again.
-fn parse_taken(bus: &Arc<Shared>, base: &str, value: Value) -> Option<Taken> {
+/// Turns a take's reply into an item. An item that is not a valid envelope
+/// is moved to `_dead.<queue>` and removed from flight (see
+/// [`decode_or_bury`]); `None` then, and the caller takes again. Should the
+/// move fail, it stays in flight and comes back after its visibility timeout.
+async fn parse_taken(bus: &Arc<Shared>, base: &str, value: Value) -> Option<Taken> {
     let Value::BulkString(item) = value else {
         return None;
     };
     let element = Element::parse(item.into());
-    match decode(&element.envelope, bus.config.max_envelope, &bus.stats) {
-        Some(envelope) => Some(Taken {
+    match decode_or_bury(bus, base, element.envelope).await {
+        Ok(Some(envelope)) => Some(Taken {
             envelope,
             attempt: element.attempt,
             base: base.to_owned(),
             id: element.id,
         }),
-        None => {
+        Ok(None) => {
             // Only a valid envelope has a meaningful id: drop by the raw id bytes.
             drop_in_flight(bus, base, &element.id);
             None
         }
+        Err(_) => None,
     }
 }
 
