@@ -93,14 +93,21 @@ def soak_queue(args):
     seen = {}
     received = 0
     lock = threading.Lock()
+    producer_log = tempfile.TemporaryFile(mode="w+")
     producer = subprocess.Popen(
         [BUSBAR, "queue", "put", "soak.q"], env=env, stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        stderr=producer_log, text=True)
+
+    fed = [0]
 
     def feed():
-        for n in range(args.items):
-            producer.stdin.write(json.dumps({"n": n}) + "\n")
-        producer.stdin.close()
+        try:
+            for n in range(args.items):
+                producer.stdin.write(json.dumps({"n": n}) + "\n")
+                fed[0] = n + 1
+            producer.stdin.close()
+        except BrokenPipeError:
+            pass  # the producer died: reported with its exit status below
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
@@ -112,18 +119,24 @@ def soak_queue(args):
                 if len(seen) >= args.items:
                     break
                 mark = received + args.every
+            if producer.poll() not in (None, 0):
+                break  # nothing more will come: the figures say what was lost
             consumer = subprocess.Popen(
                 [BUSBAR, "queue", "get", "soak.q", "--ack", "--count", str(args.items),
                  "--timeout", "60s", "--visibility", "5s"],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            done = False
             for line in consumer.stdout:
                 n = json.loads(line)["n"]
                 with lock:
                     seen[n] = seen.get(n, 0) + 1
                     received += 1
-                    if received >= mark and len(seen) < args.items:
+                    done = len(seen) >= args.items
+                    if done or received >= mark:
                         break
-            if consumer.poll() is None:
+            if done:
+                consumer.kill()  # it would wait out its timeout for more
+            elif consumer.poll() is None:
                 consumer.kill()
                 kills += 1
                 redis.restart()
@@ -132,7 +145,8 @@ def soak_queue(args):
                 if time.monotonic() - started > args.limit:
                     break
         producer.wait(120)
-        put_status = producer.stderr.read().strip().splitlines()
+        producer_log.seek(0)
+        put_status = producer_log.read().strip().splitlines()
     finally:
         producer.kill()
         redis.stop()
@@ -147,6 +161,7 @@ def soak_queue(args):
         "consumer_kills": kills,
         "server_restarts": redis.restarts,
         "producer_exit": producer.returncode,
+        "fed_to_producer": fed[0],
         "producer_said": put_status[-1] if put_status else "",
         "seconds": round(time.monotonic() - started, 1),
     }

@@ -144,7 +144,7 @@ impl RedisServer {
                         tls,
                         extra,
                     };
-                    match server.wait_ready() {
+                    match server.wait_ready(Ready::Pong) {
                         Ok(()) => return server,
                         Err(err) => {
                             last_error = err;
@@ -193,9 +193,30 @@ impl RedisServer {
         self.kill();
     }
 
+    /// Like [`start_persistent`](Self::start_persistent), but after a restart
+    /// the server loads its data `per_key` slower per key (redis-server's
+    /// `--key-load-delay`), so a test can act while it still answers `-LOADING`.
+    pub fn start_persistent_slow_loading(per_key: Duration) -> RedisServer {
+        let micros = per_key.as_micros().to_string();
+        Self::start_custom(true, Certificates::None, move |_| {
+            vec!["--key-load-delay".into(), micros.clone().into()]
+        })
+    }
+
     /// Starts a [`stop`](Self::stop)ped server again on the same port and data
     /// directory, and waits until it answers `PING`.
     pub fn resume(&mut self) {
+        self.resume_until(Ready::Pong);
+    }
+
+    /// Like [`resume`](Self::resume), but returns as soon as the server
+    /// accepts connections, possibly still loading its data (answering
+    /// `-LOADING` to most commands).
+    pub fn resume_loading(&mut self) {
+        self.resume_until(Ready::Accepting);
+    }
+
+    fn resume_until(&mut self, ready: Ready) {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             // The port can stay busy for a moment after the kill: retry until free.
@@ -210,7 +231,7 @@ impl RedisServer {
                 panic!("cannot restart redis-server: {err}");
             });
             self.child = Some(child);
-            match self.wait_ready() {
+            match self.wait_ready(ready) {
                 Ok(()) => return,
                 Err(err) if Instant::now() > deadline => {
                     panic!("redis-server did not restart: {err}")
@@ -229,7 +250,7 @@ impl RedisServer {
         }
     }
 
-    fn wait_ready(&mut self) -> Result<(), String> {
+    fn wait_ready(&mut self, ready: Ready) -> Result<(), String> {
         let deadline = Instant::now() + START_DEADLINE;
         let mut backoff = Duration::from_millis(2);
         loop {
@@ -242,7 +263,9 @@ impl RedisServer {
                 }
             }
             if let Ok(reply) = command(self.port, &["PING"]) {
-                if reply.starts_with("+PONG") {
+                if reply.starts_with("+PONG")
+                    || (ready == Ready::Accepting && reply.starts_with("-LOADING"))
+                {
                     return Ok(());
                 }
                 // LOADING: keep waiting.
@@ -258,6 +281,15 @@ impl RedisServer {
             backoff = (backoff * 2).min(Duration::from_millis(50));
         }
     }
+}
+
+/// What [`RedisServer::wait_ready`] waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ready {
+    /// `PING` answered `PONG`: the data is loaded.
+    Pong,
+    /// Any answer: connections are accepted, the data may still be loading.
+    Accepting,
 }
 
 impl Drop for RedisServer {
