@@ -68,6 +68,8 @@ pub(crate) struct Flow {
     written: Notify,
     /// Set when a send to the client failed: its connection is gone.
     gone: AtomicBool,
+    /// Messages of the client waiting in the broker's send thread (pump.rs).
+    pumped: AtomicUsize,
     internal: mpsc::UnboundedSender<Internal>,
 }
 
@@ -91,6 +93,7 @@ impl Flow {
             epoch: Instant::now(),
             written: Notify::new(),
             gone: AtomicBool::new(false),
+            pumped: AtomicUsize::new(0),
             internal,
         })
     }
@@ -168,6 +171,22 @@ impl Flow {
     /// Whether a send to the client failed.
     pub(crate) fn is_gone(&self) -> bool {
         self.gone.load(Ordering::Acquire)
+    }
+
+    /// Counts a message handed to the send thread ...
+    pub(crate) fn pump(&self) {
+        self.pumped.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// ... and one it sent (or failed to send).
+    pub(crate) fn unpump(&self) {
+        self.pumped.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Messages of the client in the send thread: while there are any, the
+    /// client's next messages must follow them there.
+    pub(crate) fn pumped(&self) -> usize {
+        self.pumped.load(Ordering::Acquire)
     }
 
     /// Messages and bytes handed to the socket and not yet written.

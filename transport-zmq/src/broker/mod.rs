@@ -3,8 +3,9 @@
 //! It routes events to matching subscriptions, holds named queues with
 //! acknowledged delivery, and forwards RPC requests to providers. State lives in
 //! one task ([`core::Core`]); each client has its own writer task, so a slow
-//! client never stalls the others. Every send goes through one thread of its
-//! own ([`pump`] says why: a deadlock in the `zeromq` peer table).
+//! client never stalls the others. No task ever waits for the socket's peer
+//! table: a send that would wait goes to a thread of its own ([`pump`] says
+//! why: a deadlock in the `zeromq` crate).
 
 mod core;
 mod flow;

@@ -1,6 +1,6 @@
-//! One writer task per client: hands the broker's send thread ([`Pump`]) what
-//! the broker queued for the client, batching consecutive events into one
-//! EVENT message, never handing the socket more than its [`Flow`] allows.
+//! One writer task per client: sends (through the [`Pump`]) what the broker
+//! queued for the client, batching consecutive events into one EVENT message,
+//! never handing the socket more than its [`Flow`] allows.
 
 use super::flow::{frames_len, Flow, Marks};
 use super::pump::Pump;
@@ -37,9 +37,9 @@ pub(crate) struct Outbox {
     key: u64,
     identity: Bytes,
     pump: Pump,
-    /// Items handed to the writer and not handed to the pump yet. While it is
-    /// 0 the broker hands messages to the pump itself, saving a task hop;
-    /// otherwise they queue behind the writer's, keeping the order.
+    /// Items handed to the writer and not sent yet. While it is 0 the broker
+    /// sends messages itself, saving a task hop; otherwise they queue behind
+    /// the writer's, keeping the order.
     unsent: Arc<AtomicUsize>,
     /// What is queued for the client, here and in the socket.
     pub(crate) flow: Arc<Flow>,
@@ -106,8 +106,8 @@ impl Outbox {
         above
     }
 
-    /// Sends a whole message: straight to the pump when nothing is queued
-    /// before it (and the socket has room for it), else through the writer.
+    /// Sends a whole message: at once when nothing is queued before it (and
+    /// the socket has room for it), else through the writer.
     pub(crate) fn send(&self, mut frames: Vec<Bytes>) {
         if self.unsent.load(Ordering::Acquire) != 0 || !self.flow.has_room() {
             self.unsent.fetch_add(1, Ordering::AcqRel);
@@ -116,7 +116,9 @@ impl Outbox {
             return;
         }
         self.flow.track(&mut frames, 0, 0);
-        self.pump
+        // A failure shows in the flow; the writer then drains.
+        let _ = self
+            .pump
             .send(self.key, to_message(&self.identity, frames), &self.flow);
     }
 }
@@ -277,18 +279,18 @@ impl Writer {
         }
     }
 
-    /// Hands the pump one message carrying `events` events of `event_bytes`;
-    /// the caller waited for room. False once a send to the client failed
-    /// (the message is dropped).
+    /// Sends one message carrying `events` events of `event_bytes`; the caller
+    /// waited for room. False once a send to the client failed (the message
+    /// is dropped).
     fn send(&mut self, mut frames: Vec<Bytes>, events: usize, event_bytes: usize) -> bool {
         if self.flow.is_gone() {
             self.flow.unqueue_events(events, event_bytes);
             return false;
         }
         self.flow.track(&mut frames, events, event_bytes);
+        // A failed send dropped the message, and its events with it.
         self.pump
-            .send(self.key, to_message(&self.identity, frames), &self.flow);
-        true
+            .send(self.key, to_message(&self.identity, frames), &self.flow)
     }
 
     /// The client is going away: keep the counters right until the broker drops it.
