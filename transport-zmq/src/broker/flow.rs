@@ -66,6 +66,10 @@ pub(crate) struct Flow {
     epoch: Instant,
     /// Woken each time the socket writes one of this client's messages.
     written: Notify,
+    /// Set when a send to the client failed: its connection is gone.
+    gone: AtomicBool,
+    /// Messages of the client waiting in the broker's send thread (pump.rs).
+    pumped: AtomicUsize,
     internal: mpsc::UnboundedSender<Internal>,
 }
 
@@ -88,6 +92,8 @@ impl Flow {
             progress: AtomicU64::new(0),
             epoch: Instant::now(),
             written: Notify::new(),
+            gone: AtomicBool::new(false),
+            pumped: AtomicUsize::new(0),
             internal,
         })
     }
@@ -146,12 +152,41 @@ impl Flow {
             && self.in_socket_bytes.load(Ordering::Acquire) < SOCKET_BYTES
     }
 
-    /// Waits until the socket's queue for this client may take a message.
+    /// Waits until the socket's queue for this client may take a message, or
+    /// a send to it failed.
     pub(crate) async fn room(&self) {
-        while !self.has_room() {
+        while !self.has_room() && !self.is_gone() {
             // A write between the check and this wait left a permit: no wake-up is lost.
             self.written.notified().await;
         }
+    }
+
+    /// Records that a send to the client failed (its connection is gone), and
+    /// wakes its writer if it waits for room.
+    pub(crate) fn lost(&self) {
+        self.gone.store(true, Ordering::Release);
+        self.written.notify_one();
+    }
+
+    /// Whether a send to the client failed.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
+    /// Counts a message handed to the send thread ...
+    pub(crate) fn pump(&self) {
+        self.pumped.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// ... and one it sent (or failed to send).
+    pub(crate) fn unpump(&self) {
+        self.pumped.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Messages of the client in the send thread: while there are any, the
+    /// client's next messages must follow them there.
+    pub(crate) fn pumped(&self) -> usize {
+        self.pumped.load(Ordering::Acquire)
     }
 
     /// Messages and bytes handed to the socket and not yet written.

@@ -3,10 +3,13 @@
 //! It routes events to matching subscriptions, holds named queues with
 //! acknowledged delivery, and forwards RPC requests to providers. State lives in
 //! one task ([`core::Core`]); each client has its own writer task, so a slow
-//! client never stalls the others.
+//! client never stalls the others. No task ever waits for the socket's peer
+//! table: a send that would wait goes to a thread of its own ([`pump`] says
+//! why: a deadlock in the `zeromq` crate).
 
 mod core;
 mod flow;
+mod pump;
 mod writer;
 
 use crate::protocol::{self, Malformed};
@@ -154,9 +157,12 @@ impl Broker {
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
         let (send, recv) = socket.split();
+        let pump = pump::Pump::start(send, backend).map_err(|err| {
+            Error::transport(format!("cannot start the broker's send thread: {err}"))
+        })?;
         let counters = Arc::new(BrokerCounters::default());
         let (stop_tx, stop_rx) = oneshot::channel();
-        let core = core::Core::new(config, send, backend, counters.clone());
+        let core = core::Core::new(config, pump, counters.clone());
         let task = tokio::spawn(run(core, recv, monitor, stop_rx));
         tracing::info!(endpoint = %bound, "busbar zmq broker listening");
         Ok(Broker {

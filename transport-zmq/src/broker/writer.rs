@@ -1,8 +1,9 @@
-//! One writer task per client: sends what the broker queued for it, batching
-//! consecutive events into one EVENT message, never handing the socket more
-//! than its [`Flow`] allows.
+//! One writer task per client: sends (through the [`Pump`]) what the broker
+//! queued for the client, batching consecutive events into one EVENT message,
+//! never handing the socket more than its [`Flow`] allows.
 
 use super::flow::{frames_len, Flow, Marks};
+use super::pump::Pump;
 use super::{cmd, Internal};
 use crate::protocol;
 use bytes::Bytes;
@@ -10,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
-use zeromq::{SocketSend, ZmqMessage};
+use zeromq::ZmqMessage;
 
 /// Most events packed into one EVENT message.
 pub(crate) const MAX_EVENTS_PER_MESSAGE: usize = 256;
@@ -19,30 +20,26 @@ const FLUSH_ON_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most bytes of envelopes packed into one EVENT message.
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
-/// A send that did not complete at once, finished by the writer.
-type SendFuture = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
-
 /// What the broker queues for a client.
 pub(crate) enum Out {
     /// Events, each for the listed subscriptions (a u64s frame) of this client.
     Events(Vec<(Bytes, Bytes)>),
     /// A whole message (signature and command included).
     Frames(Vec<Bytes>),
-    /// A message the broker began to send itself; the writer completes it.
-    Started(SendFuture),
 }
 
 /// The broker's handle on one client's writer.
 pub(crate) struct Outbox {
     tx: mpsc::UnboundedSender<Out>,
-    /// Dropped with the outbox: stops the writer even in the middle of a send
-    /// to a client that stopped reading (a frozen or dead process).
+    /// Dropped with the outbox: stops the writer even while it waits for room
+    /// for a client that stopped reading (a frozen or dead process).
     _stop: oneshot::Sender<()>,
+    key: u64,
     identity: Bytes,
-    socket: zeromq::RouterSendHalf,
-    /// Items handed to the writer and not completely sent yet. While it is 0
-    /// the broker sends messages itself, saving a task hop; otherwise they
-    /// queue behind the writer's, keeping the order.
+    pump: Pump,
+    /// Items handed to the writer and not sent yet. While it is 0 the broker
+    /// sends messages itself, saving a task hop; otherwise they queue behind
+    /// the writer's, keeping the order.
     unsent: Arc<AtomicUsize>,
     /// What is queued for the client, here and in the socket.
     pub(crate) flow: Arc<Flow>,
@@ -53,7 +50,7 @@ impl Outbox {
     pub(crate) fn start(
         key: u64,
         identity: Bytes,
-        socket: zeromq::RouterSendHalf,
+        pump: Pump,
         marks: Marks,
         batches: bool,
         closing: Arc<AtomicBool>,
@@ -66,7 +63,7 @@ impl Outbox {
         let writer = Writer {
             key,
             identity: identity.clone(),
-            socket: socket.clone(),
+            pump: pump.clone(),
             unsent: unsent.clone(),
             flow: flow.clone(),
             batches,
@@ -88,8 +85,9 @@ impl Outbox {
         Outbox {
             tx,
             _stop: stop_tx,
+            key,
             identity,
-            socket,
+            pump,
             unsent,
             flow,
         }
@@ -108,8 +106,8 @@ impl Outbox {
         above
     }
 
-    /// Sends a whole message: at once when nothing is queued before it (and the
-    /// socket has room for it and takes it without waiting), else through the writer.
+    /// Sends a whole message: at once when nothing is queued before it (and
+    /// the socket has room for it), else through the writer.
     pub(crate) fn send(&self, mut frames: Vec<Bytes>) {
         if self.unsent.load(Ordering::Acquire) != 0 || !self.flow.has_room() {
             self.unsent.fetch_add(1, Ordering::AcqRel);
@@ -118,14 +116,10 @@ impl Outbox {
             return;
         }
         self.flow.track(&mut frames, 0, 0);
-        let message = to_message(&self.identity, frames);
-        let mut socket = self.socket.clone();
-        let mut sending: SendFuture = Box::pin(async move { socket.send(message).await.is_ok() });
-        use futures::FutureExt;
-        if (&mut sending).now_or_never().is_none() {
-            self.unsent.fetch_add(1, Ordering::AcqRel);
-            let _ = self.tx.send(Out::Started(sending));
-        }
+        // A failure shows in the flow; the writer then drains.
+        let _ = self
+            .pump
+            .send(self.key, to_message(&self.identity, frames), &self.flow);
     }
 }
 
@@ -144,7 +138,7 @@ fn to_message(identity: &Bytes, frames: Vec<Bytes>) -> ZmqMessage {
 struct Writer {
     key: u64,
     identity: Bytes,
-    socket: zeromq::RouterSendHalf,
+    pump: Pump,
     unsent: Arc<AtomicUsize>,
     flow: Arc<Flow>,
     batches: bool,
@@ -230,7 +224,7 @@ impl Writer {
                     frames.push(envelope);
                     n += 1;
                 }
-                let ok = n == 0 || self.send(frames, n, bytes).await;
+                let ok = n == 0 || self.send(frames, n, bytes);
                 let done = events.sent(n);
                 self.unsent.fetch_sub(done, Ordering::AcqRel);
                 if !ok {
@@ -240,7 +234,6 @@ impl Writer {
             }
             let ok = match held.take() {
                 None => continue,
-                Some(Out::Started(sending)) => sending.await,
                 Some(Out::Events(more)) => {
                     events.push(more);
                     continue;
@@ -248,7 +241,7 @@ impl Writer {
                 Some(Out::Frames(frames)) if !self.batches => {
                     self.flow.room().await;
                     self.flow.backlog(-1, frames_len(&frames));
-                    self.send(frames, 0, 0).await
+                    self.send(frames, 0, 0)
                 }
                 Some(Out::Frames(frames)) => {
                     self.flow.room().await;
@@ -273,7 +266,7 @@ impl Writer {
                     } else {
                         protocol::batch(cmd::BROKER_BATCH, messages)
                     };
-                    let ok = self.send(frames, 0, 0).await;
+                    let ok = self.send(frames, 0, 0);
                     // The first one is counted below, with the single-item cases.
                     self.unsent.fetch_sub(count - 1, Ordering::AcqRel);
                     ok
@@ -287,17 +280,17 @@ impl Writer {
     }
 
     /// Sends one message carrying `events` events of `event_bytes`; the caller
-    /// waited for room.
-    async fn send(&mut self, mut frames: Vec<Bytes>, events: usize, event_bytes: usize) -> bool {
-        self.flow.track(&mut frames, events, event_bytes);
-        let message = to_message(&self.identity, frames);
-        match self.socket.send(message).await {
-            Ok(()) => true,
-            Err(err) => {
-                tracing::debug!(client = self.key, %err, "broker could not send to a client; it is going away");
-                false
-            }
+    /// waited for room. False once a send to the client failed (the message
+    /// is dropped).
+    fn send(&mut self, mut frames: Vec<Bytes>, events: usize, event_bytes: usize) -> bool {
+        if self.flow.is_gone() {
+            self.flow.unqueue_events(events, event_bytes);
+            return false;
         }
+        self.flow.track(&mut frames, events, event_bytes);
+        // A failed send dropped the message, and its events with it.
+        self.pump
+            .send(self.key, to_message(&self.identity, frames), &self.flow)
     }
 
     /// The client is going away: keep the counters right until the broker drops it.
@@ -310,7 +303,6 @@ impl Writer {
             match out {
                 Out::Events(events) => self.flow.unqueue_events(events.len(), pairs_len(&events)),
                 Out::Frames(frames) => self.flow.backlog(-1, frames_len(&frames)),
-                Out::Started(_) => {}
             }
         }
     }

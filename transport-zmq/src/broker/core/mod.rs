@@ -8,6 +8,7 @@ mod refuse;
 mod rpc;
 
 use super::flow::Marks;
+use super::pump::Pump;
 use super::writer::Outbox;
 use super::{cmd, reject, BrokerConfig, BrokerCounters, Internal};
 use crate::protocol::{self, Malformed};
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use zeromq::{SocketSend, ZmqMessage};
+use zeromq::ZmqMessage;
 
 /// Why a client that said BYE was dropped.
 const GOODBYE: &str = "it said goodbye";
@@ -207,9 +208,8 @@ fn instance_id() -> u64 {
 
 pub(crate) struct Core {
     config: BrokerConfig,
-    socket: zeromq::RouterSendHalf,
-    /// To close the connection of a client that stopped reading.
-    backend: Arc<dyn zeromq::MultiPeerBackend>,
+    /// Every send, and closing the connection of a client that stopped reading.
+    pump: Pump,
     counters: Arc<BrokerCounters>,
     internal: Option<mpsc::UnboundedSender<Internal>>,
     /// Set when the broker stops: writers then close at once, without flushing,
@@ -239,16 +239,10 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(
-        config: BrokerConfig,
-        socket: zeromq::RouterSendHalf,
-        backend: Arc<dyn zeromq::MultiPeerBackend>,
-        counters: Arc<BrokerCounters>,
-    ) -> Core {
+    pub(crate) fn new(config: BrokerConfig, pump: Pump, counters: Arc<BrokerCounters>) -> Core {
         Core {
             config,
-            socket,
-            backend,
+            pump,
             counters,
             internal: None,
             closing: Arc::default(),
@@ -457,10 +451,7 @@ impl Core {
         for frame in frames {
             message.push_back(frame);
         }
-        let mut socket = self.socket.clone();
-        tokio::spawn(async move {
-            let _ = socket.send(message).await;
-        });
+        self.pump.send_raw(message);
     }
 
     fn hello(&mut self, identity: Bytes, batches: bool) {
@@ -475,7 +466,7 @@ impl Core {
         let outbox = Outbox::start(
             key,
             identity.clone(),
-            self.socket.clone(),
+            self.pump.clone(),
             Marks {
                 events: self.config.high_water,
                 bytes: self.config.high_water_bytes,

@@ -198,7 +198,7 @@ impl Core {
                 .fetch_add(1, Ordering::Relaxed);
             self.drop_client(key, "it stopped reading");
             if let Ok(peer) = zeromq::util::PeerIdentity::try_from(identity) {
-                self.backend.peer_disconnected(&peer);
+                self.pump.disconnect(peer);
             }
         }
     }

@@ -3,6 +3,7 @@
 //! and delivered, in order, once the client reads.
 
 use super::{Marks, SOCKET_BYTES, SOCKET_MESSAGES};
+use crate::broker::pump::Pump;
 use crate::broker::writer::Outbox;
 use crate::broker::Internal;
 use crate::protocol;
@@ -30,12 +31,13 @@ async fn a_client_that_reads_nothing_gets_no_more_than_the_window() {
     dealer.connect(&endpoint.to_string()).await.unwrap();
     dealer.send("hello".into()).await.unwrap();
     let identity = router.recv().await.unwrap().into_vec()[0].clone();
+    let backend = router.backend();
     let (send, _recv) = router.split();
     let (internal, mut drained) = mpsc::unbounded_channel();
     let outbox = Outbox::start(
         1,
         identity,
-        send,
+        Pump::start(send, backend).unwrap(),
         Marks {
             events: 0,
             bytes: 0,
