@@ -341,6 +341,11 @@ async fn a_client_that_reads_no_answers_is_dropped_before_its_backlog_grows() {
             if socket.send(batch.clone()).await.is_err() {
                 return;
             }
+            // A send into the socket's queue is ready at once until its
+            // 100,000 messages fill: without a yield this loop would keep its
+            // worker, and the socket's own writer task woken on that worker
+            // would not run, so the broker would see nothing until then.
+            tokio::task::yield_now().await;
         }
     });
     until("the client to be dropped", || {
